@@ -1,0 +1,251 @@
+import { existsSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { ConfigError, type ConfigProblem } from '../errors.js';
+import type { PluginRegistry } from '../plugins/registry.js';
+import { applyOverrides, parseOverride, type Override } from './overrides.js';
+import { keysAt, objectDefaults } from './schema-keys.js';
+import { didYouMean } from './suggest.js';
+import { YamlSource } from './yaml-source.js';
+
+const STAGE_NAME = /^[a-z][a-z0-9_-]*$/;
+
+export const StageSchema = z
+  .object({
+    plugin: z.string().describe('name of the plugin that runs this stage'),
+    needs: z.array(z.string()).default([]).describe('stages whose outputs this stage reads'),
+    host: z.string().default('local').describe('host from the project inventory that runs it'),
+    description: z.string().optional(),
+    with: z.record(z.string(), z.unknown()).default({}).describe("the plugin's configuration"),
+  })
+  .strict();
+
+export const ExperimentSchema = z
+  .object({
+    name: z.string().regex(/^[A-Za-z0-9][\w.-]*$/, 'expected letters, digits, ".", "_" or "-"'),
+    description: z.string().optional(),
+    seed: z.number().int().nonnegative().default(0),
+    max_parallel: z.number().int().positive().optional().describe('stages run at once (default: project config)'),
+    tracking: z
+      .object({
+        tags: z.array(z.string()).default([]),
+        notes: z.string().optional(),
+      })
+      .strict()
+      .default({ tags: [] }),
+    stages: z.record(z.string(), StageSchema).refine((s) => Object.keys(s).length > 0, 'an experiment needs at least one stage'),
+  })
+  .strict();
+
+export type StageConfig = z.output<typeof StageSchema>;
+export type Experiment = z.output<typeof ExperimentSchema>;
+
+export interface LoadedExperiment {
+  /** Absolute path of the experiment file. */
+  file: string;
+  experiment: Experiment;
+  /** Stage names in an order that respects `needs`. */
+  order: string[];
+  /** Per stage, the `with:` values that differ from the plugin's defaults. */
+  changedFromDefaults: Record<string, Record<string, unknown>>;
+  /** The files read, the experiment itself first, then what it extends. */
+  files: string[];
+}
+
+export interface LoadOptions {
+  overrides?: string[];
+  registry: PluginRegistry;
+  /** Host names the project inventory defines (`local` always exists). */
+  hosts?: string[];
+  env?: NodeJS.ProcessEnv;
+}
+
+type Tree = Record<string, unknown>;
+const isTree = (v: unknown): v is Tree => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** Deep merge for `extends`: mappings merge key by key, everything else (lists included) is replaced. */
+function merge(base: Tree, over: Tree): Tree {
+  const out: Tree = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = isTree(v) && isTree(out[k]) ? merge(out[k] as Tree, v) : v;
+  return out;
+}
+
+/** Reads a file and the chain it extends; `sources` lists the most derived file first. */
+function readChain(file: string, stack: string[], sources: YamlSource[]): Tree {
+  const src = YamlSource.read(file);
+  sources.push(src);
+  const value = src.value();
+  const ext = value.extends;
+  delete value.extends;
+  if (ext === undefined) return value;
+  const list = typeof ext === 'string' ? [ext] : ext;
+  if (!Array.isArray(list) || list.some((e) => typeof e !== 'string')) {
+    throw new ConfigError([{ path: ['extends'], message: 'expected a file path or a list of file paths', location: src.locate(['extends']) }]);
+  }
+  let base: Tree = {};
+  (list as string[]).forEach((rel, i) => {
+    const target = resolve(dirname(file), rel);
+    const location = src.locate(typeof ext === 'string' ? ['extends'] : ['extends', i]);
+    if (stack.includes(target) || target === file) {
+      const cycle = [...stack, file, target].slice(stack.indexOf(target) >= 0 ? stack.indexOf(target) : 0);
+      throw new ConfigError([{ path: ['extends'], message: `'extends' forms a cycle: ${cycle.join(' → ')}`, location }]);
+    }
+    if (!existsSync(target)) throw new ConfigError([{ path: ['extends'], message: `'${rel}' does not exist (resolved to ${target})`, location }]);
+    base = merge(base, readChain(target, [...stack, file], sources));
+  });
+  return merge(base, value);
+}
+
+const INTERPOLATION = /\$\{([^}]*)\}/g;
+const STAGE_REF = /^stages\.([a-z][a-z0-9_-]*)\.(out|artifacts\.[\w.-]+)$/;
+
+/** Resolves `${env:NAME}` / `${env:NAME:-default}` now; checks `${stages.x.…}` references (resolved when x has run). */
+function interpolate(value: unknown, path: (string | number)[], env: NodeJS.ProcessEnv, problems: ConfigProblem[]): unknown {
+  if (Array.isArray(value)) return value.map((v, i) => interpolate(v, [...path, i], env, problems));
+  if (isTree(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, interpolate(v, [...path, k], env, problems)]));
+  if (typeof value !== 'string' || !value.includes('${')) return value;
+  let whole = false;
+  const out = value.replace(INTERPOLATION, (match, expr: string, offset: number) => {
+    whole = match.length === value.length && offset === 0;
+    if (expr.startsWith('env:')) {
+      const [name, fallback] = expr.slice(4).split(':-', 2) as [string, string | undefined];
+      const v = env[name];
+      if (v !== undefined) return v;
+      if (fallback !== undefined) return fallback;
+      problems.push({ path, message: `environment variable ${name} is not set (write \${env:${name}:-default} for a default)` });
+      return match;
+    }
+    const ref = STAGE_REF.exec(expr);
+    if (ref && path[0] === 'stages') return match; // checked against `needs` by the caller
+    problems.push({ path, message: `unknown interpolation '${match}': use \${env:NAME} or \${stages.<stage>.out} / \${stages.<stage>.artifacts.<name>} inside a stage's with:` });
+    return match;
+  });
+  // A value that is one env interpolation takes the YAML type of what it expands to (steps: ${env:STEPS} → number).
+  return whole && value.startsWith('${env:') ? parseYaml(out, { schema: 'core' }) ?? out : out;
+}
+
+/** Stage names referenced as `${stages.<name>.…}` anywhere inside `value`. */
+export function stageReferences(value: unknown): Set<string> {
+  const found = new Set<string>();
+  const walk = (v: unknown): void => {
+    if (typeof v === 'string') for (const m of v.matchAll(INTERPOLATION)) STAGE_REF.exec(m[1]!)?.[1] && found.add(STAGE_REF.exec(m[1]!)![1]!);
+    else if (Array.isArray(v)) v.forEach(walk);
+    else if (isTree(v)) Object.values(v).forEach(walk);
+  };
+  walk(value);
+  return found;
+}
+
+/** Stage order respecting `needs` (declaration order among equals), or the cycle found. */
+function topologicalOrder(stages: Record<string, StageConfig>): { order: string[]; cycle?: string[] } {
+  const order: string[] = [];
+  const state = new Map<string, 'visiting' | 'done'>();
+  let cycle: string[] | undefined;
+  const visit = (name: string, trail: string[]): void => {
+    if (cycle || state.get(name) === 'done' || !stages[name]) return;
+    if (state.get(name) === 'visiting') {
+      cycle = [...trail.slice(trail.indexOf(name)), name];
+      return;
+    }
+    state.set(name, 'visiting');
+    for (const dep of stages[name]!.needs) visit(dep, [...trail, name]);
+    state.set(name, 'done');
+    order.push(name);
+  };
+  for (const name of Object.keys(stages)) visit(name, []);
+  return { order, cycle };
+}
+
+/**
+ * Loads an experiment: reads the `extends` chain, applies command-line overrides, resolves `${env:…}`,
+ * validates the whole file and every stage's `with:` against its plugin's schema. Nothing runs before this
+ * succeeds; every problem names its file, line and key.
+ */
+export function loadExperiment(file: string, options: LoadOptions): LoadedExperiment {
+  const path = resolve(file);
+  if (!existsSync(path)) throw new ConfigError([{ path: [], message: 'experiment file not found', location: { file } }]);
+  const sources: YamlSource[] = [];
+  const base = readChain(path, [], sources);
+  const overrides: Override[] = (options.overrides ?? []).map(parseOverride);
+  const merged = applyOverrides(base, overrides);
+
+  const locate = (problem: ConfigProblem): ConfigProblem => {
+    const o = overrides.find((ov) => {
+      const n = Math.min(ov.path.length, problem.path.length);
+      return ov.path.slice(0, n).every((k, i) => k === String(problem.path[i]));
+    });
+    if (o && !sources.some((s) => s.has(problem.path))) return { ...problem, origin: `command-line override '${o.text}'` };
+    for (let n = problem.path.length; n >= 0; n--) {
+      const src = sources.find((s) => s.has(problem.path.slice(0, n)));
+      if (src) return { ...problem, location: src.locate(problem.path.slice(0, n)) };
+    }
+    return { ...problem, location: { file: path } };
+  };
+  const fail = (problems: ConfigProblem[]): never => {
+    throw new ConfigError(problems.map(locate));
+  };
+
+  const envProblems: ConfigProblem[] = [];
+  const interpolated = interpolate(merged, [], options.env ?? process.env, envProblems) as Tree;
+  if (envProblems.length) fail(envProblems);
+  if (interpolated.name === undefined) interpolated.name = path.replace(/^.*\//, '').replace(/\.ya?ml$/, '');
+
+  const parsed = ExperimentSchema.safeParse(interpolated);
+  if (!parsed.success) fail(zodProblems(parsed.error, ExperimentSchema, []));
+  const experiment = parsed.data!;
+
+  const problems: ConfigProblem[] = [];
+  const hosts = new Set(['local', ...(options.hosts ?? [])]);
+  const stageNames = Object.keys(experiment.stages);
+  const changedFromDefaults: Record<string, Record<string, unknown>> = {};
+  for (const [name, stage] of Object.entries(experiment.stages)) {
+    const at = (...rest: (string | number)[]) => ['stages', name, ...rest];
+    if (!STAGE_NAME.test(name)) problems.push({ path: at(), message: `stage names are lower-case letters, digits, '_' and '-'` });
+    stage.needs.forEach((dep, i) => {
+      if (!experiment.stages[dep]) problems.push({ path: at('needs', i), message: `unknown stage '${dep}'${didYouMean(dep, stageNames)}` });
+    });
+    for (const ref of stageReferences(stage.with)) {
+      if (!stage.needs.includes(ref)) problems.push({ path: at('with'), message: `refers to \${stages.${ref}…} but '${ref}' is not in needs: add it to needs` });
+    }
+    if (!hosts.has(stage.host)) {
+      problems.push({ path: at('host'), message: `unknown host '${stage.host}'${didYouMean(stage.host, hosts)} (hosts: ${[...hosts].join(', ')}; define hosts in the project config)` });
+    }
+    const plugin = options.registry.get(stage.plugin);
+    if (!plugin) {
+      problems.push({ path: at('plugin'), message: `unknown plugin '${stage.plugin}'${didYouMean(stage.plugin, options.registry.names())} (see \`minidalle plugins\`)` });
+      continue;
+    }
+    const withParsed = plugin.config.safeParse(stage.with);
+    if (!withParsed.success) {
+      problems.push(...zodProblems(withParsed.error, plugin.config, at('with')));
+      continue;
+    }
+    stage.with = withParsed.data as Record<string, unknown>;
+    const defaults = objectDefaults(plugin.config);
+    changedFromDefaults[name] = Object.fromEntries(
+      Object.entries(stage.with).filter(([k, v]) => JSON.stringify(v) !== JSON.stringify(defaults[k])),
+    );
+  }
+  const { order, cycle } = topologicalOrder(experiment.stages);
+  if (cycle) problems.push({ path: ['stages', cycle[0]!, 'needs'], message: `stages form a cycle: ${cycle.join(' → ')}` });
+  if (problems.length) fail(problems);
+  return { file: path, experiment, order, changedFromDefaults, files: sources.map((s) => s.file) };
+}
+
+/** zod issues as problems with key paths and, for unknown keys, the nearest valid key. */
+export function zodProblems(error: z.ZodError, schema: z.ZodType, prefix: (string | number)[]): ConfigProblem[] {
+  const out: ConfigProblem[] = [];
+  for (const issue of error.issues) {
+    const path = [...prefix, ...(issue.path as (string | number)[])];
+    if (issue.code === 'unrecognized_keys') {
+      const valid = keysAt(schema, issue.path as (string | number)[]);
+      for (const key of issue.keys) {
+        out.push({ path: [...path, key], message: `unknown key '${key}'${didYouMean(key, valid)}${valid.length ? ` (valid keys: ${valid.join(', ')})` : ''}` });
+      }
+    } else {
+      out.push({ path, message: issue.message });
+    }
+  }
+  return out;
+}
