@@ -1,0 +1,49 @@
+/**
+ * Our wasm kernels: what tfjs-backend-wasm 4.22.0 lacks (Conv2DBackpropFilter, UnsortedSegmentSum) or
+ * runs far below XNNPACK speed (Conv2DBackpropInput, BatchMatMul), plus a gradient fix.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { batchMatMulConfig, batchMatMulGradConfig } from './batch-matmul.js';
+import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig } from './conv.js';
+import { unsortedSegmentSumConfig } from './segment-sum.js';
+import { captureStockKernels } from './wasm-heap.js';
+
+export { stopGradient, straightThrough, upsampleNearest2x } from './ops.js';
+
+/** Kernels we register for the wasm backend, in registration order. */
+export const WASM_KERNELS: readonly tf.KernelConfig[] = [
+  conv2DBackpropFilterConfig,
+  conv2DBackpropInputConfig,
+  unsortedSegmentSumConfig,
+  batchMatMulConfig,
+];
+
+/** Stock wasm kernels ours call into. */
+const STOCK_USED = ['BatchMatMul', 'Conv2D', 'Reshape', 'Transpose', 'Slice'] as const;
+
+let installed = false;
+
+/**
+ * Registers our kernels on 'wasm' (replacing stock ones where we are faster) and the BatchMatMul
+ * gradient fix. Must run after the wasm backend is initialised: the stock kernels' setup has to have
+ * run before we capture and replace them. Idempotent. Returns the kernel names.
+ */
+export function installWasmKernels(): string[] {
+  if (!installed) {
+    captureStockKernels(STOCK_USED);
+    for (const cfg of WASM_KERNELS) {
+      if (tf.getKernel(cfg.kernelName, 'wasm') != null) tf.unregisterKernel(cfg.kernelName, 'wasm');
+      tf.registerKernel(cfg);
+    }
+    installed = true;
+  }
+  return WASM_KERNELS.map((k) => k.kernelName);
+}
+
+/** Gradient fixes are global in tfjs (not per backend); they are correct on every backend. */
+let gradientsInstalled = false;
+export function installGradientFixes(): void {
+  if (gradientsInstalled) return;
+  tf.registerGradient(batchMatMulGradConfig);
+  gradientsInstalled = true;
+}
