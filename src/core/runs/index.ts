@@ -1,0 +1,17 @@
+export { RunStore, RunHandle, sanitizeKey } from './store.js';
+export type { RunStoreOptions, CheckpointsOptions, ImageFileValue, BestValue } from './store.js';
+export type { RunRecord, RunStatus, RunInit } from './record.js';
+export { RUN_STATUSES, parseRunRecord } from './record.js';
+export { newRunId, isRunId } from './ids.js';
+export { pngSize } from './png.js';
+export type { OutputLog, OutputStream } from './output-log.js';
+export type { RunCheckpoints, CheckpointManifest, WarningSink } from './checkpoints.js';
+export {
+  RunStoreError,
+  RunNotFoundError,
+  AmbiguousRunIdError,
+  RunRecordError,
+  RunUsageError,
+  CheckpointError,
+  MediaError,
+} from './errors.js';
