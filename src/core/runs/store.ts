@@ -65,6 +65,7 @@ const RUN_JSON = 'run.json';
 const SUMMARY_JSON = 'summary.json';
 const HISTORY = 'history.jsonl';
 const CREATE_ATTEMPTS = 100;
+const LIST_BATCH = 64;
 /** Summary writes are coalesced to at most one per interval; flush() and process exit write what is pending. */
 const SUMMARY_INTERVAL_MS = 1000;
 
@@ -187,13 +188,21 @@ export class RunStore {
   /** All runs, newest first. Directories without run.json are not runs; an unreadable run.json is warned about and skipped. */
   async list(): Promise<RunRecord[]> {
     const out: RunRecord[] = [];
-    for (const name of await this.runDirNames()) {
-      try {
-        out.push(await this.readRecord(name));
-      } catch (err) {
-        if (err instanceof RunRecordError) this.onWarning(`${err.message}; run skipped`);
-        else if (!isErrnoCode(err, 'ENOENT')) throw err;
-      }
+    const names = await this.runDirNames();
+    // Read in parallel batches: a store holds hundreds of runs, and file descriptors are finite.
+    for (let i = 0; i < names.length; i += LIST_BATCH) {
+      const batch = await Promise.all(
+        names.slice(i, i + LIST_BATCH).map(async (name) => {
+          try {
+            return await this.readRecord(name);
+          } catch (err) {
+            if (err instanceof RunRecordError) this.onWarning(`${err.message}; run skipped`);
+            else if (!isErrnoCode(err, 'ENOENT')) throw err;
+            return undefined;
+          }
+        }),
+      );
+      for (const r of batch) if (r) out.push(r);
     }
     return out.sort((a, b) => (a.created_at === b.created_at ? cmp(b.id, a.id) : cmp(b.created_at, a.created_at)));
   }
