@@ -1,5 +1,5 @@
-import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -277,34 +277,54 @@ describe('RunStore concurrency', () => {
   });
 
   it('two child processes creating runs in one store do not collide', async () => {
-    const dist = join(process.cwd(), 'dist', 'src', 'core', 'runs', 'index.js');
-    try {
-      statSync(dist);
-    } catch {
-      throw new Error(`${dist} is missing: run \`npm run build\` (npm test does it for you)`);
-    }
     const script = `
-      const { RunStore } = await import(${JSON.stringify(dist)});
+      const { RunStore } = await import(${JSON.stringify(distRuns())});
       const store = new RunStore(process.argv[1], { env: {} });
       for (let i = 0; i < 25; i++) {
         const r = await store.create({ name: process.argv[2] + i, kind: 'stage' }, { i });
         r.log({ x: i }, 0);
         await r.finish('finished');
       }`;
-    const { spawn } = await import('node:child_process');
-    const runChild = (tag: string) =>
-      new Promise<number>((resolve) => {
-        const p = spawn(process.execPath, ['--input-type=module', '-e', script, root, tag], { stdio: 'inherit' });
-        p.on('exit', (code) => resolve(code ?? -1));
-      });
-    expect(await Promise.all([runChild('p'), runChild('q')])).toEqual([0, 0]);
+    const results = await Promise.all([runNode(script, [root, 'p']), runNode(script, [root, 'q'])]);
+    expect(results.map((r) => r.code)).toEqual([0, 0]);
     const runs = await new RunStore(root, quiet).list();
     expect(runs).toHaveLength(50);
     expect(new Set(runs.map((r) => r.id)).size).toBe(50);
     expect(runs.every((r) => r.status === 'finished')).toBe(true);
     for (const r of runs) expect(readJsonl(join(root, r.id, 'history.jsonl'))).toHaveLength(1);
   });
+
+  it('a process that exits without flush still leaves its summary; its run then reads as crashed', async () => {
+    const script = `
+      const { RunStore } = await import(${JSON.stringify(distRuns())});
+      const r = await new RunStore(process.argv[1], { env: {} }).create({ name: 'quitter', kind: 'stage' });
+      r.log({ loss: 1 }, 0);
+      r.log({ loss: 0.5 }, 1); // within the coalescing interval: only the exit hook writes it
+      process.stdout.write(r.id);`;
+    const child = await runNode(script, [root]);
+    expect(child.code).toBe(0);
+    const summary = JSON.parse(readFileSync(join(root, child.stdout, 'summary.json'), 'utf8')) as Record<string, unknown>;
+    expect(summary).toMatchObject({ loss: 0.5, _step: 1 });
+    const rec = await (await new RunStore(root, quiet).open(child.stdout)).read();
+    expect(rec.status).toBe('crashed');
+  });
 });
+
+/** The compiled store (child processes run plain node, as users and the worker do). */
+function distRuns(): string {
+  const dist = join(process.cwd(), 'dist', 'src', 'core', 'runs', 'index.js');
+  if (!existsSync(dist)) throw new Error(`${dist} is missing: run \`npm run build\` (npm test does it for you)`);
+  return dist;
+}
+
+function runNode(script: string, args: string[]): Promise<{ code: number; stdout: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, ['--input-type=module', '-e', script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let stdout = '';
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.on('close', (code) => resolve({ code: code ?? -1, stdout }));
+  });
+}
 
 describe('secrets never reach a run directory', () => {
   it('config, run.json, history, summary, output and media captions are scrubbed', async () => {

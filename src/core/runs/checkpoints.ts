@@ -190,7 +190,13 @@ export function runCheckpoints(lineage: CheckpointLineage, onWarning: WarningSin
         } catch (err) {
           if (!isErrnoCode(err, 'ENOENT')) throw err;
         }
-        await rename(tmp, final);
+        try {
+          await rename(tmp, final);
+        } catch (err) {
+          // Put the previous checkpoint back rather than leave the step missing.
+          if (replaced) await rename(aside, final).catch(() => undefined);
+          throw err;
+        }
         if (replaced) await rm(aside, { recursive: true, force: true });
         return { step, dir: final, meta, runId: lineage.runId };
       } catch (err) {

@@ -381,7 +381,7 @@ export class RunHandle {
     if (key === '' || key.startsWith('_')) throw new RunUsageError(`media: key '${key}' is reserved or empty`);
     const { width, height } = pngSize(png, `media '${key}' at step ${step}`);
     const digest = sha256(png);
-    const file = `${sanitizeKey(key)}_${step}_${digest.slice(0, 20)}.png`;
+    const file = `${sanitizeKey(scrub(key, this.store.secrets))}_${step}_${digest.slice(0, 20)}.png`;
     const dir = join(this.dir, 'media', 'images');
     await mkdir(dir, { recursive: true });
     const abs = join(dir, file);
