@@ -1,7 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import {
@@ -174,6 +174,7 @@ describe('RunStore open / list', () => {
     expect((amb as Error).message).toContain('abc00000001, abc00000002');
     await expect(store.open('zzz')).rejects.toBeInstanceOf(RunNotFoundError);
     await expect(store.open('../etc')).rejects.toBeInstanceOf(RunUsageError);
+    expect(new RunStore('some/relative/dir', quiet).root).toBe(resolve('some/relative/dir'));
   });
 
   it('lists newest first and ignores non-run entries; a broken run.json is warned about and skipped', async () => {

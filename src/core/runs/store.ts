@@ -13,7 +13,7 @@
 import { appendFileSync, readFileSync } from 'node:fs';
 import { access, mkdir, readdir, readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { stringify as toYaml } from 'yaml';
 import { redactConfig, scrub, scrubDeep, secretValues } from '../secrets.js';
 import { runCheckpoints, type RunCheckpoints, type WarningSink } from './checkpoints.js';
@@ -120,7 +120,8 @@ export class RunStore {
   private readonly host = hostname();
 
   constructor(root: string, options: RunStoreOptions = {}) {
-    this.root = root;
+    // Absolute, so paths handed to plugins (CheckpointInfo.dir, media) survive a change of cwd.
+    this.root = resolve(root);
     this.secrets = [...new Set([...secretValues(options.env ?? process.env), ...(options.secrets ?? [])])]
       .filter((s) => s.length > 0)
       .sort((a, b) => b.length - a.length);
