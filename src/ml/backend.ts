@@ -7,6 +7,7 @@
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
+import { registerCoreGradients } from './kernels/gradients.js';
 import { installGradientFixes, installWasmKernels } from './kernels/index.js';
 
 export { tf };
@@ -122,6 +123,7 @@ async function init(options: ComputeOptions): Promise<ComputeInfo> {
     }
   }
   if (backend === undefined) throw new ComputeBackendError('no tfjs backend could be initialised');
+  await registerCoreGradients();
   installGradientFixes();
   const kernels = backend === 'wasm' ? installWasmKernels() : [];
   if (backend === 'wasm' && options.selfCheck !== false) {
