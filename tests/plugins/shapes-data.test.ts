@@ -5,6 +5,10 @@ import { join } from 'node:path';
 import plugin, { ShapesDataConfig } from '../../plugins/shapes-data/index.js';
 import type { StageContext } from '../../src/core/plugins/types.js';
 import { expandBraces } from '../../src/data/braces.js';
+import { openSource } from '../../src/data/sources/index.js';
+import { prepareItems } from '../../src/data/prepare.js';
+import { COLOURS } from '../../src/data/shapes.js';
+import type { ColourName } from '../../src/data/shapes.js';
 
 function fakeContext(outDir: string, config: ShapesDataConfig, signal = new AbortController().signal) {
   const events: string[] = [];
@@ -60,6 +64,19 @@ describe('shapes-data plugin', () => {
       const manifest = JSON.parse(await readFile(res.artifacts?.manifest ?? '', 'utf8'));
       expect(manifest.seed).toBe(3); // seed: null falls back to the experiment seed
       expect(manifest.colours.red).toEqual([220, 30, 30]);
+      // The artifacts read back through the webdataset source and preprocessing, pixels intact.
+      let n = 0;
+      for await (const item of prepareItems(openSource(res.artifacts?.train ?? ''), { image: { resolution: 32, range: '0_1', background: [0, 0, 0], crop: 'centre' } })) {
+        const [x0, y0, x1, y1] = item.meta.bbox as number[];
+        const cx = Math.floor(((x0 as number) + (x1 as number)) / 2);
+        const cy = Math.floor(((y0 as number) + (y1 as number)) / 2);
+        const i = (cy * 32 + cx) * 3;
+        const rgb = [item.pixels[i], item.pixels[i + 1], item.pixels[i + 2]].map((v) => Math.round((v as number) * 255));
+        expect(rgb).toEqual([...COLOURS[item.meta.colour as ColourName]]);
+        expect(item.caption).toContain(item.meta.shape as string);
+        n++;
+      }
+      expect(n).toBe(30);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -1,0 +1,22 @@
+/** Public surface of the data pipeline (sources, captions, preprocessing, encoded shards, loader, shapes). */
+export * from './sources/index.js';
+export { SkipCounts } from './skips.js';
+export type { SkipReason } from './skips.js';
+export * from './errors.js';
+export { expandBraces, braceRange } from './braces.js';
+export { SeededRng, hashSeed } from './rng.js';
+export { normalizeCaption, fixMojibake, pickCaption, processCaption, DEFAULT_CAPTION_OPTIONS } from './captions.js';
+export type { CaptionOptions } from './captions.js';
+export { preprocessImage, ImageDecodeError, DEFAULT_PREPROCESS } from './preprocess.js';
+export type { PreprocessOptions, PreprocessedImage } from './preprocess.js';
+export { prepareItems, DEFAULT_PREPARE } from './prepare.js';
+export type { PrepareOptions, PreparedItem } from './prepare.js';
+export { EncodedShardWriter, readEncodedManifest, sha256File, MANIFEST_NAME } from './encoded.js';
+export type { EncodedRow, EncodedManifest, EncodedShardInfo, EncodedWriterOptions } from './encoded.js';
+export { EncodedLoader } from './loader.js';
+export type { LoaderOptions, LoaderPosition } from './loader.js';
+export { WebdatasetShardWriter } from './webdataset-writer.js';
+export type { WebdatasetSample, ShardWriterOptions } from './webdataset-writer.js';
+export * from './shapes.js';
+export { benchLoader, benchPreprocess } from './bench.js';
+export type { DataBenchResult, BenchLoaderOptions, BenchPreprocessOptions } from './bench.js';
