@@ -20,3 +20,4 @@ export type { WebdatasetSample, ShardWriterOptions } from './webdataset-writer.j
 export * from './shapes.js';
 export { benchLoader, benchPreprocess } from './bench.js';
 export type { DataBenchResult, BenchLoaderOptions, BenchPreprocessOptions } from './bench.js';
+export { DataReadConfig, captionOptionsFrom, preprocessOptionsFrom, prepareOptionsFrom } from './config.js';

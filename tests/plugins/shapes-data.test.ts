@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import plugin, { ShapesDataConfig } from '../../plugins/shapes-data/index.js';
 import type { StageContext } from '../../src/core/plugins/types.js';
+import { checkPluginShape } from '../../src/core/plugins/registry.js';
 import { expandBraces } from '../../src/data/braces.js';
 import { openSource } from '../../src/data/sources/index.js';
 import { prepareItems } from '../../src/data/prepare.js';
@@ -36,6 +37,7 @@ function fakeContext(outDir: string, config: ShapesDataConfig, signal = new Abor
 
 describe('shapes-data plugin', () => {
   it('declares a strict config where every field has a default and a description', () => {
+    expect(checkPluginShape(plugin, 'plugins/shapes-data').name).toBe('shapes-data');
     const parsed = ShapesDataConfig.parse({});
     expect(parsed.size).toBe(32);
     expect(parsed.heldout_combos.length).toBeGreaterThan(0);
