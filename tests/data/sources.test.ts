@@ -226,6 +226,18 @@ describe('bad data', () => {
     expect(seen[0]).toBe('a');
   });
 
+  it('counts a missing shard of a pattern as unreadable and reads the others', async () => {
+    await writeTar(join(dir, 'm-0.tar'), [
+      { name: 'a.png', body: red },
+      { name: 'a.txt', body: 'a' },
+    ]);
+    const skips = new SkipCounts();
+    const items = await collect(openSource(join(dir, 'm-{0..1}.tar')), skips);
+    expect(items.map((i) => i.key)).toEqual(['a']);
+    expect(skips.toJSON().by_reason).toEqual({ unreadable_file: 1 });
+    expect(skips.messages[0]).toMatch(/m-1\.tar: cannot open shard \(ENOENT\)/);
+  });
+
   it('fails clearly when a source has no usable item', async () => {
     const file = join(dir, 'allbad.tar');
     await writeTar(file, [

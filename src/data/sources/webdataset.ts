@@ -1,7 +1,7 @@
 import { createReadStream } from 'node:fs';
 import tar from 'tar-stream';
 import { expandBraces } from '../braces.js';
-import { TruncatedShardError, UnsafeTarEntryError } from '../errors.js';
+import { DataSourceError, TruncatedShardError, UnsafeTarEntryError } from '../errors.js';
 import type { DataSource, ReadOptions, SourceItem } from './types.js';
 import { isImageExtension, skip } from './types.js';
 
@@ -115,6 +115,13 @@ export class WebdatasetSource implements DataSource {
       }
     } catch (err) {
       const cause = err instanceof Error ? err.message : String(err);
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'EACCES' || code === 'EISDIR') {
+        const e = new DataSourceError(shard, `cannot open shard (${code}); check the brace pattern and that the file exists`);
+        if (options.strict) throw e;
+        skip(options, 'unreadable_file', e.message);
+        return;
+      }
       // Files of the pending item that were read completely form an item; the cut entry is lost.
       if (group && group.files.size > 0 && [...group.files.keys()].some((ext) => isImageExtension(ext))) {
         const item = finish(group);
@@ -127,7 +134,7 @@ export class WebdatasetSource implements DataSource {
       const e = new TruncatedShardError(shard, yielded, cause);
       if (options.strict) throw e;
       // The pending item may be cut short, so it is dropped with the rest of the shard.
-      skip(options, (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'unreadable_file' : 'truncated_shard', e.message);
+      skip(options, 'truncated_shard', e.message);
       return;
     } finally {
       input.destroy();
