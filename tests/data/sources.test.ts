@@ -87,9 +87,9 @@ describe('TableSource', () => {
 
   it('reads TSV with paths relative to the file', async () => {
     const file = join(dir, 'table', 'list.tsv');
-    await writeFile(file, 'image_path\tcaption\textra\nimg/r.png\ta red thing\t1\nimg/b.jpg\ta blue thing\t2\n');
+    await writeFile(file, 'image_path\tcaption\textra\nimg/r.png\ta 12" red thing\t1\nimg/b.jpg\ta blue thing\t2\n');
     const items = await collect(openSource(file));
-    expect(items.map((i) => i.caption)).toEqual(['a red thing', 'a blue thing']);
+    expect(items.map((i) => i.caption)).toEqual(['a 12" red thing', 'a blue thing']);
     expect(Buffer.from(items[0]?.image ?? []).equals(red)).toBe(true);
     expect(items[1]?.meta.extra).toBe('2');
   });

@@ -87,11 +87,12 @@ export class TableSource implements DataSource {
         }
         if (pending === '') startLine = lineNo;
         pending = pending === '' ? line : `${pending}\n${line}`;
-        if (quotesOpen(pending)) continue;
+        // CSV quotes may span lines; TSV (CC3M/CC12M style) is unquoted, so a lone " in a caption is just text.
+        if (this.format === 'csv' && quotesOpen(pending)) continue;
         const record = pending;
         pending = '';
         if (record.trim() === '') continue;
-        const fields = parseDelimited(record, this.format === 'tsv' ? '\t' : ',');
+        const fields = this.format === 'tsv' ? record.split('\t') : parseDelimited(record, ',');
         if (!header) {
           header = fields.map((f) => f.trim());
           for (const required of [this.columns.image, this.columns.caption]) {
