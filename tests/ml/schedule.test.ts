@@ -1,0 +1,47 @@
+import { describe, expect, it } from 'vitest';
+import { ScheduleConfigError, makeSchedule } from '../../src/ml/schedule.js';
+
+describe('learning-rate schedules', () => {
+  it('warmup then constant', () => {
+    const f = makeSchedule({ lr: 1, warmupSteps: 3 });
+    expect([0, 1, 2, 3, 100].map(f)).toEqual([0.25, 0.5, 0.75, 1, 1]);
+  });
+
+  it('linear decay to endLr at totalSteps, then flat', () => {
+    const f = makeSchedule({ lr: 1, warmupSteps: 2, decay: 'linear', totalSteps: 12, endLr: 0.1 });
+    expect(f(2)).toBeCloseTo(1, 12);
+    expect(f(7)).toBeCloseTo(0.55, 12);
+    expect(f(12)).toBeCloseTo(0.1, 12);
+    expect(f(50)).toBeCloseTo(0.1, 12);
+  });
+
+  it('cosine decay', () => {
+    const f = makeSchedule({ lr: 2, decay: 'cosine', totalSteps: 10 });
+    expect(f(0)).toBeCloseTo(2, 12);
+    expect(f(5)).toBeCloseTo(1, 12);
+    expect(f(10)).toBeCloseTo(0, 12);
+    expect(f(2)).toBeCloseTo(1 + Math.cos(Math.PI * 0.2), 12);
+  });
+
+  it('exponential decay, smooth and staircase, floored at endLr', () => {
+    const smooth = makeSchedule({ lr: 1, decay: 'exponential', decayRate: 0.5, transitionSteps: 4 });
+    expect(smooth(4)).toBeCloseTo(0.5, 12);
+    expect(smooth(2)).toBeCloseTo(Math.SQRT1_2, 12);
+    const stair = makeSchedule({ lr: 1, decay: 'exponential', decayRate: 0.5, transitionSteps: 4, staircase: true, endLr: 0.2 });
+    expect([0, 3, 4, 7, 8, 12].map(stair)).toEqual([1, 1, 0.5, 0.5, 0.25, 0.2]);
+  });
+
+  it('lrOffset keeps lr at 0 and restarts the schedule after the offset', () => {
+    const f = makeSchedule({ lr: 1, warmupSteps: 1, lrOffset: 10 });
+    expect([0, 9, 10, 11, 12].map(f)).toEqual([0, 0, 0.5, 1, 1]);
+  });
+
+  it('invalid configurations name the field', () => {
+    expect(() => makeSchedule({ lr: -1 })).toThrow(/lr:/);
+    expect(() => makeSchedule({ lr: 1, decay: 'linear' })).toThrow(/totalSteps must be set/);
+    expect(() => makeSchedule({ lr: 1, decay: 'linear', warmupSteps: 5, totalSteps: 5 })).toThrow(ScheduleConfigError);
+    expect(() => makeSchedule({ lr: 1, decay: 'exponential' })).toThrow(/decayRate and transitionSteps/);
+    expect(() => makeSchedule({ lr: 1, warmupSteps: 1.5 })).toThrow(/warmupSteps/);
+    expect(() => makeSchedule({ lr: 1 })(-1)).toThrow(/steps start at 0/);
+  });
+});
