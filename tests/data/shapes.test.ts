@@ -81,7 +81,7 @@ describe('generateShapes', () => {
       { shape: 'circle', colour: 'red' },
       { shape: 'square', colour: 'blue' },
     ] as const;
-    const r = await generateShapes(join(dir, 'held'), { ...base, count: 300, heldoutCount: 30, samplesPerShard: 300, heldoutCombos: combos, size: 16 });
+    const r = await generateShapes(join(dir, 'held'), { ...base, count: 160, heldoutCount: 20, samplesPerShard: 200, heldoutCombos: combos, size: 16 });
     const train = await readTar(r.train.shards[0] as string);
     const held = await readTar(r.heldout.shards[0] as string);
     const isHeld = (s: Sample) => combos.some((c) => c.shape === s.json.shape && c.colour === s.json.colour);
