@@ -57,6 +57,8 @@ export class EncodedLoader<T = EncodedRow[]> {
   private window: Window | undefined;
   private readonly files = new Map<string, Promise<{ buffer: AsyncBuffer; metadata: FileMetaData }>>();
   private finished = false;
+  /** The last decoded row group: consecutive windows usually fall in the same one. */
+  private groupCache: { path: string; start: number; rows: EncodedRow[] } | undefined;
 
   private constructor(
     readonly dir: string,
@@ -183,6 +185,7 @@ export class EncodedLoader<T = EncodedRow[]> {
     return { rows, endShard: shard, endOffset: offset, rngAfter: rng.state() };
   }
 
+  /** Rows [start, end) of a shard, decoded one parquet row group at a time; the last group is kept for the next window. */
   private async readRows(file: string, start: number, end: number): Promise<EncodedRow[]> {
     const path = join(this.dir, file);
     let opened = this.files.get(path);
@@ -193,20 +196,43 @@ export class EncodedLoader<T = EncodedRow[]> {
       })();
       this.files.set(path, opened);
     }
-    let raw: Record<string, unknown>[];
+    let handle: { buffer: AsyncBuffer; metadata: FileMetaData };
     try {
-      const { buffer, metadata } = await opened;
-      raw = await parquetReadObjects({ file: buffer, metadata, columns: ['key', 'caption', 'encoding'], rowStart: start, rowEnd: end });
+      handle = await opened;
     } catch (err) {
       this.files.delete(path);
+      throw new EncodedDatasetError(path, `cannot open the shard (${(err as Error).message})`);
+    }
+    const out: EncodedRow[] = [];
+    let groupStart = 0;
+    for (const group of handle.metadata.row_groups) {
+      const groupEnd = groupStart + Number(group.num_rows);
+      if (groupEnd > start && groupStart < end) {
+        const rows = await this.readGroup(path, handle, groupStart, groupEnd);
+        out.push(...rows.slice(Math.max(0, start - groupStart), Math.min(rows.length, end - groupStart)));
+      }
+      groupStart = groupEnd;
+      if (groupStart >= end) break;
+    }
+    return out;
+  }
+
+  private async readGroup(path: string, handle: { buffer: AsyncBuffer; metadata: FileMetaData }, start: number, end: number): Promise<EncodedRow[]> {
+    if (this.groupCache && this.groupCache.path === path && this.groupCache.start === start) return this.groupCache.rows;
+    let raw: Record<string, unknown>[];
+    try {
+      raw = await parquetReadObjects({ file: handle.buffer, metadata: handle.metadata, columns: ['key', 'caption', 'encoding'], rowStart: start, rowEnd: end });
+    } catch (err) {
       throw new EncodedDatasetError(path, `cannot read rows ${start}..${end} (${(err as Error).message})`);
     }
-    return raw.map((r, i) => {
+    const rows = raw.map((r, i) => {
       const encoding = toInt32Array(r.encoding);
       if (!encoding || encoding.length !== this.manifest.code_count) {
         throw new EncodedDatasetError(path, `row ${start + i}: encoding has ${encoding?.length ?? 0} codes, the manifest says ${this.manifest.code_count}`);
       }
       return { key: String(r.key), caption: String(r.caption ?? ''), encoding };
     });
+    this.groupCache = { path, start, rows };
+    return rows;
   }
 }
