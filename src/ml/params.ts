@@ -11,6 +11,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { Rng } from './rng.js';
+import { readSafetensors, toTfTensors, writeSafetensors, type WriteOptions } from './safetensors.js';
 
 export type ParamKind = 'linear' | 'conv2d' | 'plain';
 
@@ -267,4 +268,25 @@ export function exportParams(params: Params, opts: { torchLayout?: boolean } = {
   const out = new Map<string, tf.Tensor>();
   for (const [name, v] of params.entries()) out.set(name, torch ? toTorchLayout(v, params.kind(name)) : tf.clone(v));
   return out;
+}
+
+/** Writes parameters to a safetensors file in PyTorch/HF layout (F32 unless `floatDtype` says otherwise). */
+export function saveParamsFile(path: string, params: Params, opts: WriteOptions = {}): void {
+  const tensors = exportParams(params);
+  try {
+    writeSafetensors(path, tensors, { ...opts, metadata: { format: 'pt', ...opts.metadata } });
+  } finally {
+    tf.dispose([...tensors.values()]);
+  }
+}
+
+/** Loads a safetensors file into `params` with `loadParams`' checks; mismatches name the file. */
+export async function loadParamsFile(path: string, params: Params, opts: LoadOptions = {}): Promise<LoadReport> {
+  const { tensors: raw } = await readSafetensors(path);
+  const tensors = toTfTensors(raw);
+  try {
+    return loadParams(params, tensors, { source: path, ...opts });
+  } finally {
+    tf.dispose([...tensors.values()]);
+  }
 }
