@@ -72,6 +72,9 @@ export const DEFAULT_HELDOUT_COMBOS: readonly HeldoutCombo[] = [
 
 const MARGIN = 0.04;
 
+/** Samples rendered ahead of the writer (sharp renders on its own threads). */
+const RENDER_AHEAD = 4;
+
 /** Pixel bounding box `[x0, y0, x1, y1)` of the shape in an image of side `px`. */
 export function shapeBox(attrs: Pick<ShapeAttributes, 'position' | 'size'>, px: number): [number, number, number, number] {
   const side = Math.round(SIZE_FRACTION[attrs.size] * px);
@@ -307,15 +310,30 @@ export async function generateShapes(outDir: string, o: ShapesOptions, hooks: Sh
   for (const split of splits) {
     const writer = new WebdatasetShardWriter({ dir: `${outDir}/${split.name}`, prefix: split.name, samplesPerShard: o.samplesPerShard });
     let written = 0;
+    // Attributes and captions are drawn in order (that fixes the bytes); rendering runs a few ahead in
+    // parallel through sharp's thread pool, and samples are written back in order.
+    const inFlight: Array<{ attrs: ShapeAttributes; caption: string; render: Promise<RenderedShape> }> = [];
+    let drawn = 0;
+    const fill = (): void => {
+      while (inFlight.length < RENDER_AHEAD && drawn < split.n) {
+        const attrs = split.draw(split.rng);
+        const caption = shapeCaption(attrs, split.rng);
+        const render = renderShape(attrs, o.size);
+        render.catch(() => undefined); // awaited below; avoids an unhandled rejection if we stop early
+        inFlight.push({ attrs, caption, render });
+        drawn++;
+      }
+    };
     try {
       for (let i = 0; i < split.n; i++) {
         if (hooks.signal?.aborted) {
           aborted = true;
           break;
         }
-        const attrs = split.draw(split.rng);
-        const caption = shapeCaption(attrs, split.rng);
-        const { png, coverage } = await renderShape(attrs, o.size);
+        fill();
+        const next = inFlight.shift() as { attrs: ShapeAttributes; caption: string; render: Promise<RenderedShape> };
+        const { attrs, caption } = next;
+        const { png, coverage } = await next.render;
         const key = String(i).padStart(5, '0');
         const meta = {
           key,
@@ -342,6 +360,8 @@ export async function generateShapes(outDir: string, o: ShapesOptions, hooks: Sh
     } catch (err) {
       await writer.abort();
       throw err;
+    } finally {
+      await Promise.allSettled(inFlight.map((f) => f.render));
     }
     const { pattern, shards } = await writer.finish();
     results[split.name] = { pattern, shards, count: written };
