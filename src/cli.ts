@@ -1,3 +1,165 @@
-export async function main(argv: string[]): Promise<void> {
-  console.log('minidalle', argv.join(' '));
+/**
+ * The command line: parses arguments and calls the core. Heavy modules (zod, yaml, the plugins, tfjs, sharp)
+ * are imported inside the commands that need them, so `--help` starts fast.
+ */
+import { pathToFileURL } from 'node:url';
+import yargs, { type Argv } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+
+interface Common {
+  verbose: boolean;
 }
+
+async function context() {
+  const { loadProjectConfig } = await import('./core/config/project.js');
+  const { loadPlugins } = await import('./core/plugins/registry.js');
+  const project = await loadProjectConfig();
+  const registry = await loadPlugins({ packages: project.plugins, projectDir: project.projectDir });
+  return { project, registry };
+}
+
+async function load(experiment: string, overrides: string[]) {
+  const { project, registry } = await context();
+  const { loadExperiment } = await import('./core/config/experiment.js');
+  const loaded = loadExperiment(experiment, { overrides, registry, hosts: Object.keys(project.hosts) });
+  return { project, registry, loaded };
+}
+
+function withOverrides<T>(y: Argv<T>) {
+  return y
+    .positional('experiment', { type: 'string', demandOption: true, describe: 'experiment YAML file' })
+    .positional('overrides', { type: 'string', array: true, default: [] as string[], describe: "overrides: a.b=1, +new.key=2, ~drop.key" });
+}
+
+export function buildCli(argv: string[]) {
+  return yargs(argv)
+    .scriptName('minidalle')
+    .usage('$0 <command> [options]\n\nTrain, evaluate and serve DALL·E-mini-style models from experiment YAML files.')
+    .option('verbose', { type: 'boolean', default: false, describe: 'print stack traces with errors' })
+    .command(
+      'run <experiment> [overrides..]',
+      'run an experiment (stages that already finished with the same config are reused)',
+      (y) =>
+        withOverrides(y)
+          .option('rerun', { type: 'string', array: true, describe: 'run again: all stages (no value) or the named ones' })
+          .option('parallel', { type: 'number', describe: 'stages run at once (default: project config max_parallel)' }),
+      async (args) => {
+        const { loaded, project } = await load(args.experiment, args.overrides);
+        const { runPipeline } = await import('./core/pipeline/runner.js');
+        const { LocalExecutor } = await import('./core/executors/local.js');
+        const { ProgressBoard } = await import('./core/progress.js');
+        const controller = new AbortController();
+        let interrupts = 0;
+        const onSignal = (sig: string) => {
+          if (interrupts++ === 0) {
+            process.stderr.write(`\n${sig}: stopping stages gracefully (they save a checkpoint); press Ctrl-C again to kill them\n`);
+            controller.abort();
+          } else process.exit(130);
+        };
+        process.on('SIGINT', () => onSignal('SIGINT'));
+        process.on('SIGTERM', () => onSignal('SIGTERM'));
+        const rerun = args.rerun === undefined ? false : args.rerun.length === 0 || args.rerun.every((r) => r === '') ? true : args.rerun;
+        const result = await runPipeline(loaded, {
+          project,
+          executors: { local: new LocalExecutor() },
+          board: new ProgressBoard(process.stdout),
+          rerun,
+          maxParallel: args.parallel,
+          signal: controller.signal,
+        });
+        const line = result.stages.map((s) => `${s.stage}=${s.status}`).join(' ');
+        console.log(`pipeline ${result.pipelineRunId}: ${result.status} (${line})`);
+        process.exitCode = result.status === 'finished' ? 0 : result.status === 'stopped' ? 130 : 1;
+      },
+    )
+    .command(
+      'validate <experiment> [overrides..]',
+      'check an experiment and print its plan without running anything',
+      (y) => withOverrides(y),
+      async (args) => {
+        const { loaded } = await load(args.experiment, args.overrides);
+        const { formatPlan } = await import('./commands/show.js');
+        console.log(formatPlan(loaded));
+      },
+    )
+    .command(
+      'ls',
+      'list runs: id, name, stage, status, host, start, duration, key metric',
+      (y) => y.option('limit', { type: 'number', default: 50 }).option('all', { type: 'boolean', default: false, describe: 'no limit' }),
+      async (args) => {
+        const { project } = await context();
+        const { listRuns } = await import('./commands/show.js');
+        console.log(await listRuns(project.runsDir, args.all ? Infinity : args.limit));
+      },
+    )
+    .command(
+      'show <run>',
+      'show one run: record, config, summary, checkpoints, artifacts',
+      (y) => y.positional('run', { type: 'string', demandOption: true, describe: 'run id (a unique prefix is enough)' }),
+      async (args) => {
+        const { project } = await context();
+        const { showRun } = await import('./commands/show.js');
+        console.log(await showRun(project.runsDir, args.run));
+      },
+    )
+    .command(
+      'compare <runs..>',
+      'compare runs: config differences and final/best metrics side by side',
+      (y) => y.positional('runs', { type: 'string', array: true, demandOption: true }),
+      async (args) => {
+        const { project } = await context();
+        const { compareRuns } = await import('./commands/show.js');
+        console.log(await compareRuns(project.runsDir, args.runs));
+      },
+    )
+    .command(
+      'plugins',
+      'list the installed plugins and their config schemas',
+      (y) => y,
+      async () => {
+        const { registry } = await context();
+        const { describePlugins } = await import('./commands/plugins.js');
+        console.log(describePlugins(registry));
+      },
+    )
+    .command(
+      'worker',
+      false, // internal: started by executors, reads its stage spec from stdin
+      (y) => y,
+      async () => {
+        const { runWorker } = await import('./core/worker.js');
+        const code = await runWorker();
+        // stdin stays open (its end signals that the orchestrator is gone), so exit explicitly once stdout drains.
+        process.stdout.write('', () => process.exit(code));
+      },
+    )
+    .completion('completion', 'print a shell completion script (bash/zsh): minidalle completion >> ~/.bashrc')
+    .demandCommand(1, 'name a command: minidalle --help lists them')
+    .strict()
+    .recommendCommands()
+    .help()
+    .alias('h', 'help')
+    .version()
+    .wrap(Math.min(110, process.stdout.columns ?? 100))
+    .fail(false);
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const verbose = argv.includes('--verbose');
+  try {
+    await buildCli(hideBin(['node', 'minidalle', ...argv])).parseAsync();
+  } catch (err) {
+    const e = err as Error & { exitCode?: number };
+    const known = e.name === 'ConfigError' || e.name === 'MinidalleError' || e.name === 'PluginError' || e.name === 'YError' || e.name?.endsWith('Error') && 'exitCode' in e;
+    const message = e.name === 'ConfigError' ? `invalid configuration:\n${e.message}` : e.message;
+    process.stderr.write(`error: ${message}\n`);
+    if (verbose && e.stack) process.stderr.write(`${e.stack}\n`);
+    else if (!known) process.stderr.write('(run with --verbose for the stack trace)\n');
+    if (e.name === 'YError') process.stderr.write('see `minidalle --help`\n');
+    process.exitCode = e.exitCode ?? (e.name === 'YError' ? 2 : 1);
+  }
+}
+
+export type { Common };
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) void main(process.argv.slice(2));

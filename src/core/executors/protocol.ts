@@ -1,0 +1,44 @@
+/**
+ * The worker protocol: the orchestrator starts `minidalle worker`, writes one StageSpec JSON line to its stdin
+ * and keeps stdin open (its end means the orchestrator is gone: the worker stops gracefully). The worker writes
+ * events to stdout as lines starting with EVENT_MARK; every other stdout/stderr line is the stage's output.
+ * Secrets travel only in the spec on stdin (and the environment), never through a file.
+ */
+import type { StageOutputs } from '../plugins/types.js';
+
+export const EVENT_MARK = '\u001eminidalle-event ';
+
+export interface StageSpec {
+  runId: string;
+  runsDir: string;
+  stage: string;
+  plugin: string;
+  /** The stage's `with:` with `${stages.…}` references resolved; the worker validates it again. */
+  config: Record<string, unknown>;
+  inputs: Record<string, StageOutputs>;
+  seed: number;
+  projectDir: string;
+  pluginPackages: string[];
+  /** Plugins of the experiment whose observer hooks see this run. */
+  observers: string[];
+}
+
+export type WorkerEvent =
+  | { type: 'progress'; op: 'start'; total: number; unit: string; done: number }
+  | { type: 'progress'; op: 'tick'; n: number }
+  | { type: 'progress'; op: 'end' }
+  | { type: 'meta'; values: Record<string, unknown> }
+  | { type: 'result'; artifacts: Record<string, string>; stopped: boolean }
+  | { type: 'error'; message: string; stack?: string };
+
+/** Worker exit codes. */
+export const EXIT = { finished: 0, failed: 1, stopped: 3 } as const;
+
+export function encodeEvent(e: WorkerEvent): string {
+  return `${EVENT_MARK}${JSON.stringify(e)}\n`;
+}
+
+export function decodeEvent(line: string): WorkerEvent | undefined {
+  if (!line.startsWith(EVENT_MARK)) return undefined;
+  return JSON.parse(line.slice(EVENT_MARK.length)) as WorkerEvent;
+}

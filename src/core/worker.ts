@@ -1,0 +1,128 @@
+/**
+ * `minidalle worker`: runs one stage of one run. Started by an executor (locally, or over ssh), it reads its
+ * StageSpec from stdin, runs the plugin with a StageContext backed by the run store, and reports progress and
+ * the result as events on stdout (see executors/protocol.ts).
+ */
+import { isAbsolute, relative, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { encodeEvent, EXIT, type StageSpec, type WorkerEvent } from './executors/protocol.js';
+import { loadPlugins } from './plugins/registry.js';
+import type { CheckpointInfo, Checkpoints, Plugin, PluginHooks, StageContext } from './plugins/types.js';
+import { RunStore } from './runs/index.js';
+import { scrub, secretValues } from './secrets.js';
+
+function emit(e: WorkerEvent): void {
+  process.stdout.write(encodeEvent(e));
+}
+
+async function readSpec(): Promise<{ spec: StageSpec; stdinClosed: Promise<void> }> {
+  const rl = createInterface({ input: process.stdin });
+  const first = await new Promise<string>((res, rej) => {
+    rl.once('line', res);
+    rl.once('close', () => rej(new Error('no stage spec on stdin: `minidalle worker` is started by `minidalle run`, not by hand')));
+  });
+  const stdinClosed = new Promise<void>((res) => rl.once('close', () => res()));
+  return { spec: JSON.parse(first) as StageSpec, stdinClosed };
+}
+
+/** Calls one hook of every observing plugin; a failing hook is reported, and does not stop the stage. */
+async function notify<K extends keyof PluginHooks>(observers: Plugin[], hook: K, event: Parameters<NonNullable<PluginHooks[K]>>[0]): Promise<void> {
+  for (const p of observers) {
+    const fn = p.hooks?.[hook] as ((e: typeof event) => void | Promise<void>) | undefined;
+    if (!fn) continue;
+    try {
+      await fn(event);
+    } catch (err) {
+      process.stderr.write(`warning: plugin '${p.name}' hook ${hook} failed: ${(err as Error).message}\n`);
+    }
+  }
+}
+
+export async function runWorker(): Promise<number> {
+  const { spec, stdinClosed } = await readSpec();
+  const secrets = secretValues();
+  const controller = new AbortController();
+  let signals = 0;
+  const stop = (why: string): void => {
+    if (signals++ > 0) process.exit(130); // a second signal: stop now
+    process.stderr.write(`stopping (${why}): finishing the current step and saving a checkpoint\n`);
+    controller.abort(new Error(why));
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  void stdinClosed.then(() => controller.signal.aborted || stop('the orchestrator went away'));
+
+  try {
+    const registry = await loadPlugins({ packages: spec.pluginPackages, projectDir: spec.projectDir });
+    const plugin = registry.get(spec.plugin);
+    if (!plugin) throw new Error(`plugin '${spec.plugin}' is not installed on this host`);
+    const observers = spec.observers.map((n) => registry.get(n)).filter((p): p is Plugin => p !== undefined);
+    const config = plugin.config.parse(spec.config) as Record<string, unknown>;
+    const store = new RunStore(spec.runsDir);
+    const run = await store.open(spec.runId);
+    const stored = run.checkpoints();
+    const checkpoints: Checkpoints = {
+      save: async (step, write, meta) => {
+        const info: CheckpointInfo = await stored.save(step, write, meta);
+        await notify(observers, 'checkpoint', { runId: run.id, checkpoint: info });
+        return info;
+      },
+      latest: () => stored.latest(),
+      list: () => stored.list(),
+    };
+    const pending: Promise<void>[] = [];
+    const ctx: StageContext<Record<string, unknown>> = {
+      config,
+      stage: spec.stage,
+      runId: run.id,
+      runDir: run.dir,
+      outDir: run.outDir,
+      inputs: spec.inputs,
+      seed: spec.seed,
+      log: (metrics, step) => {
+        run.log(metrics, step);
+        pending.push(notify(observers, 'metrics', { runId: run.id, step, metrics }));
+      },
+      defineMetric: (name, o) => run.defineMetric(name, o),
+      media: (key, png, step, caption) => run.media(key, png, step, caption),
+      summary: (values) => run.summary(values),
+      meta: (values) => emit({ type: 'meta', values }),
+      checkpoints,
+      progress: {
+        start: (total, unit, done = 0) => emit({ type: 'progress', op: 'start', total, unit, done }),
+        tick: (n = 1) => emit({ type: 'progress', op: 'tick', n }),
+        end: () => emit({ type: 'progress', op: 'end' }),
+      },
+      logger: {
+        info: (m) => process.stdout.write(`${scrub(m, secrets)}\n`),
+        warn: (m) => process.stderr.write(`warning: ${scrub(m, secrets)}\n`),
+        error: (m) => process.stderr.write(`error: ${scrub(m, secrets)}\n`),
+      },
+      signal: controller.signal,
+    };
+    await notify(observers, 'runStart', { runId: run.id, stage: spec.stage, plugin: plugin.name });
+    const result = await plugin.run(ctx);
+    await Promise.all(pending);
+    if (result.summary) run.summary(result.summary);
+    const artifacts: Record<string, string> = {};
+    for (const [name, p] of Object.entries(result.artifacts ?? {})) {
+      const abs = isAbsolute(p) ? p : resolve(run.outDir, p);
+      const rel = relative(run.dir, abs);
+      if (rel.startsWith('..')) throw new Error(`artifact '${name}' (${p}) is outside the run directory; write artifacts under ctx.outDir`);
+      artifacts[name] = rel;
+    }
+    await run.flush();
+    const stopped = controller.signal.aborted;
+    await notify(observers, 'runEnd', { runId: run.id, status: stopped ? 'stopped' : 'finished', artifacts });
+    emit({ type: 'result', artifacts, stopped });
+    return stopped ? EXIT.stopped : EXIT.finished;
+  } catch (err) {
+    const e = err as Error;
+    if (controller.signal.aborted && e.name === 'AbortError') {
+      emit({ type: 'result', artifacts: {}, stopped: true });
+      return EXIT.stopped;
+    }
+    emit({ type: 'error', message: scrub(e.message ?? String(err), secrets), stack: e.stack ? scrub(e.stack, secrets) : undefined });
+    return EXIT.failed;
+  }
+}
