@@ -62,6 +62,13 @@ export function layerNorm(p: Params, prefix: string, x: tf.Tensor, eps = 1e-5): 
   return y;
 }
 
+/** RMSNorm over the last axis (DalleBart `ln_type: rmsnorm`): x / √(mean(x²) + eps) · weight. */
+export function rmsNorm(p: Params, prefix: string, x: tf.Tensor, eps = 1e-5): tf.Tensor {
+  const y = tf.mul(x, tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), eps))); // (..., C)
+  const w = optional(p, `${prefix}.weight`);
+  return w ? tf.mul(y, w) : y;
+}
+
 /** GroupNorm over NHWC: statistics per (sample, group) over H, W and the group's channels. */
 export function groupNorm(p: Params, prefix: string, x: tf.Tensor4D, groups: number, eps = 1e-6): tf.Tensor4D {
   const [B, H, W, C] = x.shape;
@@ -342,7 +349,8 @@ export interface CrossEntropyOptions {
 /**
  * Mean sparse softmax cross-entropy with its own gradient. logits (N, V), labels int32 (N).
  * Never builds a one-hot of the labels: the forward gathers the label logits from the flat logits,
- * the backward is softmax·w − (1 − ε)·w at the label positions (one scatter) − ε·w/V.
+ * the backward is (softmax − ε/V)·w with (1 − ε)·w subtracted at the N label positions (a scatter
+ * update), reusing the forward's exp(z − max) so the vocabulary is exponentiated once per step.
  * Rows whose label is `ignoreIndex` contribute neither loss nor gradient; the mean is over the others.
  */
 export function sparseCrossEntropy(logits: tf.Tensor2D, labels: tf.Tensor1D, opts: CrossEntropyOptions = {}): tf.Scalar {
@@ -362,20 +370,23 @@ export function sparseCrossEntropy(logits: tf.Tensor2D, labels: tf.Tensor1D, opt
     const flatIdx = tf.add(tf.mul(rows, tf.scalar(V, 'int32')), safeLabels); // (N) int32
     const zy = tf.gather(tf.reshape(z, [N * V]), flatIdx); // (N) label logits
     const m = tf.max(z, 1, true); // (N, 1)
-    const lse = tf.add(tf.log(tf.sum(tf.exp(tf.sub(z, m)), 1, true)), m); // (N, 1)
+    const e = tf.exp(tf.sub(z, m)); // (N, V) kept for the backward pass: saves an exp over the vocabulary
+    const se = tf.sum(e, 1, true); // (N, 1)
+    const lse = tf.add(tf.log(se), m); // (N, 1)
     let perRow = tf.sub(tf.reshape(lse, [N]), tf.mul(zy, 1 - eps)); // (N)
     if (eps > 0) perRow = tf.sub(perRow, tf.mul(tf.mean(z, 1), eps));
     const value = tf.div(tf.sum(tf.mul(perRow, w)), count) as tf.Scalar;
-    save([z, lse, w, count, flatIdx]);
+    save([e, se, w, count, flatIdx]);
     const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor => {
-      const [zs, lses, ws, counts, idx] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+      const [es, ses, ws, counts, idx] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
       const rowScale = tf.reshape(tf.mul(tf.div(ws, counts), dy), [N, 1]); // (N, 1) dL/dloss_i
-      let g = tf.exp(tf.sub(zs, lses)); // (N, V) softmax
-      if (eps > 0) g = tf.sub(g, eps / V);
-      g = tf.mul(g, rowScale);
-      // subtract (1 − ε)·scale_i at (i, y_i): a sparse update instead of a one-hot over the vocabulary
-      const delta = tf.scatterND(tf.reshape(idx, [N, 1]), tf.mul(tf.reshape(rowScale, [N]), -(1 - eps)), [N * V]);
-      return tf.add(g, tf.reshape(delta, [N, V]));
+      let g = tf.mul(es, tf.div(rowScale, ses)); // (N, V) softmax · rowScale
+      if (eps > 0) g = tf.sub(g, tf.mul(rowScale, eps / V));
+      // subtract (1 − ε)·rowScale at (i, y_i): N sparse writes instead of a one-hot over the vocabulary
+      const flat = tf.reshape(g, [N * V]);
+      const idx2 = tf.reshape(idx, [N, 1]);
+      const atLabel = tf.sub(tf.gather(flat, idx), tf.mul(tf.reshape(rowScale, [N]), 1 - eps)); // (N)
+      return tf.reshape(tf.tensorScatterUpdate(flat, idx2, atLabel), [N, V]);
     };
     return { value, gradFunc };
   });

@@ -11,6 +11,7 @@ import {
   gluFeedForward,
   groupNorm,
   layerNorm,
+  rmsNorm,
   linear,
   resnetBlock,
   sparseCrossEntropy,
@@ -53,6 +54,15 @@ describe('linear / embedding / norms against hand-computed values', () => {
     // without parameters it is the plain normalisation
     const q = new Params();
     expect(layerNorm(q, 'none', tf.tensor([[1, 3]]), 0).dataSync()[1]).toBeCloseTo(1, 5);
+  });
+
+  it('rmsNorm divides by the root mean square and scales', () => {
+    const p = new Params();
+    p.add('n.weight', tf.tensor([1, 2]));
+    // x = [3, 4]: rms = √12.5
+    const y = [...rmsNorm(p, 'n', tf.tensor([[3, 4]]), 0).dataSync()];
+    expect(y[0]).toBeCloseTo(3 / Math.sqrt(12.5), 5);
+    expect(y[1]).toBeCloseTo(8 / Math.sqrt(12.5), 5);
   });
 
   it('groupNorm over NHWC matches a direct computation per (sample, group)', () => {
