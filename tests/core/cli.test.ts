@@ -167,4 +167,23 @@ stages:
     const summary = JSON.parse(readFileSync(join(dir, 'runs', second[0]!.id as string, 'summary.json'), 'utf8'));
     expect(summary.final_step).toBe(30);
   }, 60_000);
+
+  it('calls observer hooks in order and compares runs', () => {
+    const dir = project({ 'e.yaml': 'name: h\nstages:\n  a: { plugin: counter, with: { steps: 2 } }\n  watch: { plugin: observer }\n' });
+    const hooks = join(dir, 'hooks.jsonl');
+    const r = cli(dir, ['run', 'e.yaml'], { MINIDALLE_TEST_HOOKS: hooks });
+    expect(r.code).toBe(0);
+    const a = runRecords(dir).find((x) => x.stage === 'a')!;
+    const calls = readFileSync(hooks, 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.runId === a.id);
+    expect(calls.map((c) => c.hook + (c.step ?? ''))).toEqual(['runStart', 'metrics1', 'checkpoint1', 'metrics2', 'checkpoint2', 'runEnd']);
+    expect(calls.at(-1)).toMatchObject({ status: 'finished', artifacts: { result: 'out/result.txt' } });
+
+    expect(cli(dir, ['run', 'e.yaml', 'stages.a.with.steps=3']).code).toBe(0);
+    const b = runRecords(dir).find((x) => x.stage === 'a' && x.id !== a.id)!;
+    const cmp = cli(dir, ['compare', a.id as string, b.id as string]);
+    expect(cmp.code).toBe(0);
+    expect(cmp.stdout).toMatch(/with\.steps\s+2\s+3/);
+    expect(cmp.stdout).toMatch(/value\s+20 \/ 20\s+30 \/ 30/);
+    expect(cli(dir, ['ls']).stdout).toMatch(/count|h\/a\s+a\s+finished.*value=30/);
+  });
 });
