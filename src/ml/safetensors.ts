@@ -14,6 +14,7 @@
  */
 import { closeSync, fstatSync, openSync, readSync, renameSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
+import { endianness } from 'node:os';
 import * as tf from '@tensorflow/tfjs-core';
 
 export type SafetensorsDtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U32' | 'U16' | 'U8' | 'BOOL';
@@ -22,6 +23,9 @@ const DTYPE_BYTES: Record<SafetensorsDtype, number> = {
   F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U32: 4, U16: 2, U8: 1, BOOL: 1,
 };
 const FLOAT_DTYPES = new Set<SafetensorsDtype>(['F64', 'F32', 'F16', 'BF16']);
+
+/** Typed arrays use the machine's byte order; on little-endian machines F32/I32 data is copied in bulk. */
+const LITTLE_ENDIAN = endianness() === 'LE';
 
 /** Headers larger than this are refused (the reference implementation uses 100 MB). */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -74,6 +78,16 @@ export function f16BitsToFloat(h: number): number {
   if (exp === 0) return sign * frac * 2 ** -24; // zero / subnormal
   if (exp === 0x1f) return frac ? NaN : sign * Infinity;
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}
+
+let F16_TABLE: Float32Array | null = null;
+/** All 65536 half values, built once: decoding by lookup is ~10× faster than by arithmetic. */
+function f16Table(): Float32Array {
+  if (!F16_TABLE) {
+    F16_TABLE = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) F16_TABLE[h] = f16BitsToFloat(h);
+  }
+  return F16_TABLE;
 }
 
 /** float32 value → IEEE half bits, round to nearest even; overflow → ±Inf; NaN stays NaN. */
@@ -203,20 +217,29 @@ function decode(info: TensorInfo, bytes: Uint8Array, source: string): RawTensor 
     const out = new Float32Array(n);
     switch (info.dtype) {
       case 'F32':
-        for (let i = 0; i < n; i++) out[i] = dv.getFloat32(i * 4, true);
+        if (LITTLE_ENDIAN) new Uint8Array(out.buffer).set(bytes.subarray(0, n * 4));
+        else for (let i = 0; i < n; i++) out[i] = dv.getFloat32(i * 4, true);
         break;
-      case 'F16':
-        for (let i = 0; i < n; i++) out[i] = f16BitsToFloat(dv.getUint16(i * 2, true));
+      case 'F16': {
+        const table = f16Table();
+        for (let i = 0; i < n; i++) out[i] = table[dv.getUint16(i * 2, true)] as number;
         break;
-      case 'BF16':
-        for (let i = 0; i < n; i++) out[i] = bf16BitsToFloat(dv.getUint16(i * 2, true));
+      }
+      case 'BF16': {
+        const bits = new Uint32Array(out.buffer); // bf16 is the top half of a float32: shift the bits up
+        for (let i = 0; i < n; i++) bits[i] = dv.getUint16(i * 2, true) << 16;
         break;
+      }
       default:
         for (let i = 0; i < n; i++) out[i] = dv.getFloat64(i * 8, true);
     }
     return { dtype: 'float32', shape: info.shape, data: out };
   }
   const out = new Int32Array(n);
+  if (info.dtype === 'I32' && LITTLE_ENDIAN) {
+    new Uint8Array(out.buffer).set(bytes.subarray(0, n * 4));
+    return { dtype: 'int32', shape: info.shape, data: out };
+  }
   const checked = (v: number | bigint, i: number): number => {
     if (v < -2147483648 || v > 2147483647) {
       throw new SafetensorsError(source, `tensor "${info.name}": ${info.dtype} value ${v} at index ${i} does not fit in int32`);
@@ -357,7 +380,10 @@ export function serializeSafetensors(tensors: Map<string, TensorLike> | Record<s
   let offset = 0;
   for (const [name, t] of entries) {
     if (name === '__metadata__') throw new SafetensorsError('<write>', 'a tensor cannot be named __metadata__');
-    const raw = toRaw(t, name);
+    let raw = toRaw(t, name);
+    // The bulk copies below need the array type to match the declared dtype.
+    if (raw.dtype === 'float32' && !(raw.data instanceof Float32Array)) raw = { ...raw, data: Float32Array.from(raw.data) };
+    if (raw.dtype === 'int32' && !(raw.data instanceof Int32Array)) raw = { ...raw, data: Int32Array.from(raw.data) };
     const n = raw.shape.reduce((a, b) => a * b, 1);
     if (raw.data.length !== n) {
       throw new SafetensorsError('<write>', `tensor "${name}": shape ${JSON.stringify(raw.shape)} needs ${n} values, data has ${raw.data.length}`);
@@ -380,13 +406,14 @@ export function serializeSafetensors(tensors: Map<string, TensorLike> | Record<s
     const d = raw.data;
     switch (dtype) {
       case 'I32':
-        for (let i = 0; i < d.length; i++) out.writeInt32LE(d[i] as number, pos + i * 4);
+      case 'F32': {
+        // raw.dtype matches the storage dtype here (int32 → I32, float32 → F32)
+        if (LITTLE_ENDIAN) out.set(new Uint8Array(d.buffer, d.byteOffset, d.length * 4), pos);
+        else if (dtype === 'I32') for (let i = 0; i < d.length; i++) out.writeInt32LE(d[i] as number, pos + i * 4);
+        else for (let i = 0; i < d.length; i++) out.writeFloatLE(d[i] as number, pos + i * 4);
         pos += d.length * 4;
         break;
-      case 'F32':
-        for (let i = 0; i < d.length; i++) out.writeFloatLE(d[i] as number, pos + i * 4);
-        pos += d.length * 4;
-        break;
+      }
       case 'F16':
         for (let i = 0; i < d.length; i++) out.writeUInt16LE(floatToF16Bits(d[i] as number), pos + i * 2);
         pos += d.length * 2;
