@@ -43,7 +43,7 @@ export class ProgressBoard {
 
   start(name: string, total: number, unit: string, done = 0): void {
     const t = this.now();
-    this.bars.set(name, { total, unit, done, startDone: done, startedAt: t, lastPrinted: 0 });
+    this.bars.set(name, { total, unit, done, startDone: done, startedAt: t, lastPrinted: -Infinity });
     this.render(name);
   }
 
