@@ -11,7 +11,7 @@ import { registerCoreGradients } from './kernels/gradients.js';
 import { installGradientFixes, installWasmKernels } from './kernels/index.js';
 
 export { tf };
-export { stopGradient, straightThrough, upsampleNearest2x } from './kernels/index.js';
+export { sparseSoftmaxCrossEntropy, stopGradient, straightThrough, upsampleNearest2x } from './kernels/index.js';
 
 export type BackendName = 'node' | 'wasm' | 'cpu';
 

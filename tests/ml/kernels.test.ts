@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { initCompute, stopGradient, straightThrough, tf, upsampleNearest2x } from '../../src/ml/backend.js';
+import { initCompute, sparseSoftmaxCrossEntropy, stopGradient, straightThrough, tf, upsampleNearest2x } from '../../src/ml/backend.js';
 import { randomTensor, relativeError, runOn } from '../../src/ml/selfcheck.js';
 
 const TOL = 1e-4;
@@ -207,6 +207,24 @@ describe('stopGradient and the straight-through estimator', () => {
     tf.dispose([value, ...Object.values(grads)]);
     expect(tf.memory().numTensors).toBe(before);
     tf.dispose([codebook, z, w]);
+  });
+});
+
+describe('sparseSoftmaxCrossEntropy', () => {
+  it('matches the dense one-hot softmax cross-entropy in value and gradient, on wasm and cpu', async () => {
+    for (const backend of ['wasm', 'cpu']) {
+      const [loss, grad, refLoss, refGrad] = await runOn(backend, () => {
+        const logits = tf.mul(randomTensor([5, 9], 91), 4) as tf.Tensor2D;
+        const labels = tf.tensor1d([0, 8, 3, 3, 5], 'int32');
+        const w = randomTensor([5], 92);
+        const ours = (x: tf.Tensor) => tf.sum(tf.mul(sparseSoftmaxCrossEntropy(x as tf.Tensor2D, labels), w));
+        const dense = (x: tf.Tensor) => tf.sum(tf.mul(tf.neg(tf.sum(tf.mul(tf.oneHot(labels, 9), tf.logSoftmax(x)), -1)), w));
+        return [sparseSoftmaxCrossEntropy(logits, labels), tf.grad(ours)(logits), tf.neg(tf.sum(tf.mul(tf.oneHot(labels, 9), tf.logSoftmax(logits)), -1)), tf.grad(dense)(logits)];
+      });
+      expect(loss!.shape).toEqual([5]);
+      expect(relativeError(loss!.values, refLoss!.values)).toBeLessThan(TOL);
+      expect(relativeError(grad!.values, refGrad!.values)).toBeLessThan(TOL);
+    }
   });
 });
 

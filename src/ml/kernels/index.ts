@@ -8,7 +8,7 @@ import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig } from './conv.js
 import { unsortedSegmentSumConfig } from './segment-sum.js';
 import { captureStockKernels } from './wasm-heap.js';
 
-export { stopGradient, straightThrough, upsampleNearest2x } from './ops.js';
+export { sparseSoftmaxCrossEntropy, stopGradient, straightThrough, upsampleNearest2x } from './ops.js';
 
 /** Kernels we register for the wasm backend, in registration order. */
 export const WASM_KERNELS: readonly tf.KernelConfig[] = [

@@ -32,3 +32,31 @@ export const upsampleNearest2x: (x: tf.Tensor4D) => tf.Tensor4D = tf.customGrad(
   const gradFunc = (dy: tf.Tensor): tf.Tensor => tf.sum(tf.reshape(dy, [n, h, 2, w, 2, c]), [2, 4]);
   return { value, gradFunc };
 }) as unknown as (x: tf.Tensor4D) => tf.Tensor4D;
+
+/**
+ * Per-row softmax cross-entropy against integer labels: logits (R, V), labels (R,) int32 → (R,).
+ * Its own gradient, softmax − onehot, replaces the chain through logSumExp's max, whose stock gradient
+ * (a broadcast Equal) takes seconds on wasm at (2048, 16384); no one-hot is built in the forward pass.
+ */
+export function sparseSoftmaxCrossEntropy(logits: tf.Tensor2D, labels: tf.Tensor1D): tf.Tensor1D {
+  const [rows, vocab] = logits.shape;
+  if (labels.dtype !== 'int32' || labels.shape[0] !== rows) {
+    throw new Error(`sparseSoftmaxCrossEntropy: labels must be int32 of shape [${rows}], got ${labels.dtype} [${labels.shape.join(', ')}]`);
+  }
+  const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const x = args[0] as tf.Tensor2D;
+    const save = args[1] as tf.GradSaveFunc;
+    const shifted = tf.sub(x, tf.max(x, -1, true)); // (R, V), max 0 per row: exp cannot overflow
+    const lse = tf.log(tf.sum(tf.exp(shifted), -1)); // (R,)
+    const flat = tf.add(tf.mul(tf.range(0, rows, 1, 'int32'), tf.scalar(vocab, 'int32')), labels);
+    const picked = tf.gather(tf.reshape(shifted, [-1]), flat); // (R,)
+    save([shifted, lse]);
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor => {
+      const [s, l] = saved as [tf.Tensor2D, tf.Tensor1D];
+      const softmax = tf.exp(tf.sub(s, tf.expandDims(l, 1)));
+      return tf.mul(tf.expandDims(dy, 1), tf.sub(softmax, tf.oneHot(labels, vocab)));
+    };
+    return { value: tf.sub(lse, picked), gradFunc };
+  });
+  return f(logits) as tf.Tensor1D;
+}
