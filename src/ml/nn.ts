@@ -237,8 +237,9 @@ function splitHeads(x: tf.Tensor, B: number, T: number, nh: number, hs: number):
  * Multi-head attention with HF BART names (`q_proj`, `k_proj`, `v_proj`, `out_proj`).
  * x (B, T, C) → (B, T, C). Queries are scaled by hs^-0.5 after projection, as HF BART does.
  * With a cache, position i of x is absolute position S_past + i (incremental decoding); the result
- * equals a full recompute over the concatenated sequence. The returned cache tensors are new tensors
- * the caller owns (use tf.keep inside tidy, dispose when done).
+ * equals a full recompute over the concatenated sequence. The returned cache holds the keys/values
+ * used (past + new for self-attention, `contextCache` itself for cross-attention): inside tf.tidy,
+ * tf.keep the ones carried to the next step and dispose the previous step's.
  */
 export function attention(p: Params, prefix: string, x: tf.Tensor3D, opts: AttentionOptions): AttentionOutput {
   const [B, T, C] = x.shape;
@@ -357,7 +358,9 @@ export function sparseCrossEntropy(logits: tf.Tensor2D, labels: tf.Tensor1D, opt
   const [N, V] = logits.shape;
   if (labels.shape[0] !== N) throw new ShapeError('sparseCrossEntropy', `labels length ${labels.shape[0]} ≠ logits rows ${N}`);
   if (labels.dtype !== 'int32') throw new ShapeError('sparseCrossEntropy', `labels must be int32, got ${labels.dtype}`);
+  if (N * V > 2 ** 31 - 1) throw new ShapeError('sparseCrossEntropy', `${N}×${V} logits exceed int32 flat indexing; split the batch (gradient accumulation)`);
   const eps = opts.labelSmoothing ?? 0;
+  if (!(eps >= 0 && eps < 1)) throw new ShapeError('sparseCrossEntropy', `labelSmoothing must be in [0, 1), got ${eps}`);
   const ignore = opts.ignoreIndex ?? -100;
 
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {

@@ -94,6 +94,39 @@ describe('linear / embedding / norms against hand-computed values', () => {
   });
 });
 
+describe('gradients of the small blocks match finite differences', () => {
+  it('layerNorm, rmsNorm, groupNorm, gelu, geluTanh, GLU feed-forward, embedding', () => {
+    const rng = new Rng(11);
+    const p = new Params();
+    addNorm(p, 'ln', 4);
+    p.get('ln.weight').assign(randn(rng, [4]));
+    addNorm(p, 'gn', 4);
+    addNorm(p, 'ffn.ln0', 4, { bias: false });
+    addLinear(p, rng, 'ffn.fc0', 4, 6, { bias: false, std: 0.5 });
+    addLinear(p, rng, 'ffn.fc1', 4, 6, { bias: false, std: 0.5 });
+    addLinear(p, rng, 'ffn.fc2', 6, 4, { bias: false, std: 0.5 });
+    const x = randn(rng, [2, 3, 4]);
+    const proj = randn(rng, [2, 3, 4]);
+    const dot = (y: tf.Tensor) => tf.sum(tf.mul(y, proj)) as tf.Scalar;
+    gradCheck((t) => dot(layerNorm(p, 'ln', t)), x, rng);
+    gradCheck((t) => dot(rmsNorm(p, 'ln', t)), x, rng);
+    gradCheck((t) => dot(gelu(t)), x, rng);
+    gradCheck((t) => dot(geluTanh(t)), x, rng);
+    gradCheck((t) => dot(gluFeedForward(p, 'ffn', t)), x, rng);
+    const x4 = randn(rng, [2, 2, 3, 4]);
+    const proj4 = randn(rng, [2, 2, 3, 4]);
+    gradCheck((t) => tf.sum(tf.mul(groupNorm(p, 'gn', t as tf.Tensor4D, 2), proj4)) as tf.Scalar, x4, rng);
+    // embedding: gradient w.r.t. the table accumulates repeated ids
+    p.add('wte.weight', randn(rng, [5, 4]));
+    const ids = tf.tensor2d([[1, 3, 1]], [1, 3], 'int32');
+    const wte = p.get('wte.weight');
+    const g = tf.variableGrads(() => tf.sum(tf.mul(embedding(p, 'wte', ids), tf.slice(proj, [0, 0, 0], [1, 3, 4]))) as tf.Scalar, [wte]).grads[wte.name]!.arraySync() as number[][];
+    const pr = tf.slice(proj, [0, 0, 0], [1, 3, 4]).arraySync() as number[][][];
+    g[1]!.forEach((v, c) => expect(v).toBeCloseTo(pr[0]![0]![c]! + pr[0]![2]![c]!, 5));
+    expect(g[0]).toEqual([0, 0, 0, 0]);
+  });
+});
+
 describe('convolution blocks', () => {
   it('conv2d (NHWC) with a PyTorch [out, in, kh, kw] weight matches a direct convolution', () => {
     const rng = new Rng(2);
