@@ -245,6 +245,28 @@ describe('attention', () => {
     expect(maxAbsDiff(tf.concat(steps, 1), full)).toBeLessThan(1e-5);
   });
 
+  it('an incremental decoding loop inside tf.tidy keeps only the current cache alive', () => {
+    const rng = new Rng(12);
+    const p = attnParams(rng, 8, 'self');
+    const x = randn(rng, [1, 6, 8]) as tf.Tensor3D;
+    let cache: { k: tf.Tensor4D; v: tf.Tensor4D } | undefined;
+    const counts: number[] = [];
+    for (let t = 0; t < 6; t++) {
+      const prev = cache;
+      const [y, k, v] = tf.tidy(() => {
+        const r = attention(p, 'self', tf.slice(x, [0, t, 0], [1, 1, 8]) as tf.Tensor3D, { numHeads: 2, causal: true, cache: prev });
+        return [r.out, r.cache.k, r.cache.v]; // returned from tidy = kept
+      }) as [tf.Tensor3D, tf.Tensor4D, tf.Tensor4D];
+      if (prev) tf.dispose([prev.k, prev.v]);
+      cache = { k, v };
+      y.dispose();
+      counts.push(tf.memory().numTensors);
+    }
+    expect(cache!.k.shape).toEqual([1, 2, 6, 4]);
+    expect(new Set(counts).size).toBe(1);
+    tf.dispose([cache!.k, cache!.v]);
+  });
+
   it('gradients match finite differences', () => {
     const rng = new Rng(6);
     const p = attnParams(rng, 4);
