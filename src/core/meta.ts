@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { hostname, platform, release } from 'node:os';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export interface GitState {
@@ -25,12 +26,23 @@ export function gitState(dir: string): GitState | undefined {
   }
 }
 
+/** Installed version of a package, also for packages whose `exports` hide their package.json. */
 function packageVersion(require: NodeJS.Require, name: string): string | undefined {
+  let dir: string;
   try {
-    return (JSON.parse(readFileSync(require.resolve(`${name}/package.json`), 'utf8')) as { version: string }).version;
+    dir = dirname(require.resolve(name));
   } catch {
-    return undefined;
+    return undefined; // not installed (e.g. the optional tfjs-node)
   }
+  for (; dir !== dirname(dir); dir = dirname(dir)) {
+    try {
+      const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string; version: string };
+      if (pkg.name === name) return pkg.version;
+    } catch {
+      /* no package.json at this level: go up */
+    }
+  }
+  return undefined;
 }
 
 /** Versions that decide what a run computes: ours, Node's, and the numeric/image libraries. */

@@ -57,11 +57,12 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
   const store = new RunStore(project.runsDir);
   const secrets = secretValues();
   const git = gitState(project.projectDir);
+  const experimentPath = relative(project.projectDir, loaded.file).startsWith('..') ? loaded.file : relative(project.projectDir, loaded.file);
   const pipeline = await store.create(
     {
       name: exp.name,
       kind: 'pipeline',
-      experiment: relative(project.projectDir, loaded.file) || loaded.file,
+      experiment: experimentPath,
       pid: process.pid,
       owner_host: hostName(),
     },
@@ -108,7 +109,7 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
       {
         name: `${exp.name}/${name}`,
         kind: 'stage',
-        experiment: relative(project.projectDir, loaded.file) || loaded.file,
+        experiment: experimentPath,
         stage: name,
         plugin: stage.plugin,
         group: pipeline.id,
