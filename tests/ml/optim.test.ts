@@ -12,6 +12,7 @@ import {
   disposeGrads,
   factoredDims,
   loadOptimizerState,
+  normsByName,
   saveOptimizerState,
   valueAndGrads,
   type Grads,
@@ -151,6 +152,13 @@ describe('clipping and accumulation', () => {
     expect(g.get('b')!.dataSync()[0]).toBeCloseTo(0.8, 6);
     const small = clipByGlobalNorm(grads([['a', [0.3], [1]]]), 1);
     expect(small.grads.get('a')!.dataSync()[0]).toBeCloseTo(0.3, 6);
+  });
+
+  it('normsByName gives each tensor's L2 norm under its name', () => {
+    const n = normsByName(grads([['enc.w', [3, 4], [2]], ['dec.w', [1, 2, 2, 4], [2, 2]]]));
+    expect(n.get('enc.w')).toBeCloseTo(5, 5);
+    expect(n.get('dec.w')).toBeCloseTo(5, 5);
+    expect(normsByName(new Map()).size).toBe(0);
   });
 
   it('accumulated micro-batch gradients equal the full-batch gradient of the mean loss', () => {

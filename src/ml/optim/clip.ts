@@ -27,3 +27,14 @@ export function clipByGlobalNorm(grads: Grads, maxNorm: number): { grads: Grads;
   }
   return { grads: out, norm };
 }
+
+/**
+ * L2 norm of each tensor by name, read back in one sync (for `grad_norm/<name>` and `param_norm/<name>`
+ * logs, whose names are the HF names).
+ */
+export function normsByName(tensors: Map<string, tf.Tensor> | Iterable<[string, tf.Tensor]>): Map<string, number> {
+  const entries = [...tensors];
+  if (entries.length === 0) return new Map();
+  const values = tf.tidy(() => tf.stack(entries.map(([, t]) => tf.norm(t))).dataSync());
+  return new Map(entries.map(([name], i) => [name, values[i] as number]));
+}

@@ -1,6 +1,6 @@
 export { AdamW, type AdamWOptions } from './adamw.js';
 export { Adafactor, type AdafactorOptions, factoredDims } from './adafactor.js';
-export { clipByGlobalNorm, globalNorm } from './clip.js';
+export { clipByGlobalNorm, globalNorm, normsByName } from './clip.js';
 export { accumulateGradients, type Accumulated } from './accumulate.js';
 export { loadOptimizerState, saveOptimizerState } from './io.js';
 export {
