@@ -154,7 +154,7 @@ describe('clipping and accumulation', () => {
     expect(small.grads.get('a')!.dataSync()[0]).toBeCloseTo(0.3, 6);
   });
 
-  it('normsByName gives each tensor's L2 norm under its name', () => {
+  it('normsByName gives the L2 norm of each tensor under its name', () => {
     const n = normsByName(grads([['enc.w', [3, 4], [2]], ['dec.w', [1, 2, 2, 4], [2, 2]]]));
     expect(n.get('enc.w')).toBeCloseTo(5, 5);
     expect(n.get('dec.w')).toBeCloseTo(5, 5);
