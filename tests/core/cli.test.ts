@@ -1,43 +1,7 @@
-import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const CLI = join(ROOT, 'bin/minidalle.js');
-const FIXTURE_PLUGINS = join(ROOT, 'tests/fixtures/plugins/steps.mjs');
-
-function project(files: Record<string, string> = {}): string {
-  const dir = mkdtempSync(join(tmpdir(), 'minidalle-cli-'));
-  writeFileSync(join(dir, 'minidalle.config.json'), JSON.stringify({ runs_dir: 'runs', plugins: [FIXTURE_PLUGINS] }));
-  for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
-  return dir;
-}
-
-function cli(cwd: string, args: string[], env: Record<string, string> = {}) {
-  const r = spawnSync(process.execPath, [CLI, ...args], { cwd, encoding: 'utf8', env: { ...process.env, CI: '1', ...env }, timeout: 60_000 });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-function runRecords(dir: string): Record<string, unknown>[] {
-  const runs = join(dir, 'runs');
-  return readdirSync(runs)
-    .filter((id) => existsSync(join(runs, id, 'run.json')))
-    .map((id) => JSON.parse(readFileSync(join(runs, id, 'run.json'), 'utf8')) as Record<string, unknown>);
-}
-
-function filesUnder(dir: string): string[] {
-  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).map((f) => join(dir, f)).filter((f) => statSync(f).isFile());
-}
-
-const COUNTER = (steps: number, delay = 0) => `name: count
-stages:
-  a:
-    plugin: counter
-    with: { steps: ${steps}, delay_ms: ${delay} }
-`;
+import { cli, COUNTER, filesUnder, project, ROOT, runRecords } from '../support/cli.js';
 
 describe('minidalle CLI', () => {
   it('runs the shapes-data experiment: run layout, dataset size, ls/show, reuse and --rerun', () => {
@@ -123,51 +87,6 @@ stages:
     expect(bad.error).toBe('failing at step 2 as configured');
   });
 
-  async function interrupted(signal: 'SIGTERM' | 'SIGKILL') {
-    const dir = project({ 'e.yaml': COUNTER(30, 100) });
-    const child = spawn(process.execPath, [CLI, 'run', 'e.yaml'], { cwd: dir, env: { ...process.env, CI: '1' }, stdio: 'ignore' });
-    const runs = join(dir, 'runs');
-    // Wait until the stage has written a few checkpoints.
-    for (let i = 0; i < 400; i++) {
-      await new Promise((r) => setTimeout(r, 50));
-      const stage = existsSync(runs) ? runRecords(dir).find((r) => r.kind === 'stage') : undefined;
-      if (stage && existsSync(join(runs, stage.id as string, 'checkpoints/step-3'))) break;
-    }
-    child.kill(signal);
-    await new Promise((r) => child.once('exit', r));
-    if (signal === 'SIGKILL') {
-      // The orchestrator died; its worker notices that stdin closed and stops by itself.
-      await new Promise((r) => setTimeout(r, 1500));
-    }
-    return dir;
-  }
-
-  it.each(['SIGTERM', 'SIGKILL'] as const)('after %s mid-stage the store is consistent and the next run resumes from the last checkpoint', async (signal) => {
-    const dir = await interrupted(signal);
-    const ls = cli(dir, ['ls']);
-    const expected = signal === 'SIGTERM' ? 'stopped' : 'crashed';
-    expect(ls.stdout).toMatch(new RegExp(`count/a\\s+a\\s+${expected}`));
-    const first = runRecords(dir).find((r) => r.kind === 'stage')!;
-    const cps = readdirSync(join(dir, 'runs', first.id as string, 'checkpoints'));
-    expect(cps.every((c) => /^step-\d+$/.test(c) || c.startsWith('.')), cps.join(',')).toBe(true);
-    const lastStep = Math.max(...cps.filter((c) => c.startsWith('step-')).map((c) => Number(c.slice(5))));
-    expect(lastStep).toBeGreaterThanOrEqual(3);
-    expect(lastStep).toBeLessThan(30);
-
-    const again = cli(dir, ['run', 'e.yaml']);
-    expect(again.code).toBe(0);
-    expect(again.stdout).toContain(`resuming from run ${first.id}`);
-    expect(again.stdout).not.toContain('reusing');
-    const second = runRecords(dir).filter((r) => r.kind === 'stage' && r.resumed_from === first.id);
-    expect(second).toHaveLength(1);
-    const log = readFileSync(join(dir, 'runs', second[0]!.id as string, 'output.log'), 'utf8');
-    expect(log).toMatch(new RegExp(`resumed at step (\\d+) from run ${first.id}`));
-    const from = Number(/resumed at step (\d+)/.exec(log)![1]);
-    expect(from).toBeGreaterThanOrEqual(lastStep - 1);
-    const summary = JSON.parse(readFileSync(join(dir, 'runs', second[0]!.id as string, 'summary.json'), 'utf8'));
-    expect(summary.final_step).toBe(30);
-  }, 60_000);
-
   it('calls observer hooks in order and compares runs', () => {
     const dir = project({ 'e.yaml': 'name: h\nstages:\n  a: { plugin: counter, with: { steps: 2 } }\n  watch: { plugin: observer }\n' });
     const hooks = join(dir, 'hooks.jsonl');
@@ -185,5 +104,24 @@ stages:
     expect(cmp.stdout).toMatch(/with\.steps\s+2\s+3/);
     expect(cmp.stdout).toMatch(/value\s+20 \/ 20\s+30 \/ 30/);
     expect(cli(dir, ['ls']).stdout).toMatch(/count|h\/a\s+a\s+finished.*value=30/);
+  });
+
+  it('runs independent stages concurrently up to the limit', () => {
+    const two = 'name: p\nstages:\n  a: { plugin: counter, with: { steps: 3, delay_ms: 300 } }\n  b: { plugin: counter, with: { steps: 4, delay_ms: 300 } }\n';
+    const window = (dir: string, stage: string) => {
+      const r = runRecords(dir).find((x) => x.stage === stage)!;
+      return [Date.parse(r.started_at as string), Date.parse(r.ended_at as string)] as const;
+    };
+    const parallel = project({ 'e.yaml': two });
+    expect(cli(parallel, ['run', 'e.yaml']).code).toBe(0);
+    const [a0, a1] = window(parallel, 'a');
+    const [b0, b1] = window(parallel, 'b');
+    expect(Math.max(a0, b0)).toBeLessThan(Math.min(a1, b1)); // overlapping
+
+    const serial = project({ 'e.yaml': two });
+    expect(cli(serial, ['run', 'e.yaml', '--parallel', '1']).code).toBe(0);
+    const [, s1] = window(serial, 'a');
+    const [t0] = window(serial, 'b');
+    expect(t0).toBeGreaterThanOrEqual(s1);
   });
 });

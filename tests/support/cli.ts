@@ -1,0 +1,40 @@
+/** Helpers for tests that run the built CLI in throwaway project directories. */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+export const CLI = join(ROOT, 'bin/minidalle.js');
+export const FIXTURE_PLUGINS = join(ROOT, 'tests/fixtures/plugins/steps.mjs');
+
+export function project(files: Record<string, string> = {}): string {
+  const dir = mkdtempSync(join(tmpdir(), 'minidalle-cli-'));
+  writeFileSync(join(dir, 'minidalle.config.json'), JSON.stringify({ runs_dir: 'runs', plugins: [FIXTURE_PLUGINS] }));
+  for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
+  return dir;
+}
+
+export function cli(cwd: string, args: string[], env: Record<string, string> = {}) {
+  const r = spawnSync(process.execPath, [CLI, ...args], { cwd, encoding: 'utf8', env: { ...process.env, CI: '1', ...env }, timeout: 60_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+export function runRecords(dir: string): Record<string, unknown>[] {
+  const runs = join(dir, 'runs');
+  return readdirSync(runs)
+    .filter((id) => existsSync(join(runs, id, 'run.json')))
+    .map((id) => JSON.parse(readFileSync(join(runs, id, 'run.json'), 'utf8')) as Record<string, unknown>);
+}
+
+export function filesUnder(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).map((f) => join(dir, f)).filter((f) => statSync(f).isFile());
+}
+
+export const COUNTER = (steps: number, delay = 0) => `name: count
+stages:
+  a:
+    plugin: counter
+    with: { steps: ${steps}, delay_ms: ${delay} }
+`;
