@@ -12,6 +12,7 @@ import {
   disposeGrads,
   factoredDims,
   loadOptimizerState,
+  matrixDecayMask,
   normsByName,
   saveOptimizerState,
   valueAndGrads,
@@ -65,6 +66,19 @@ describe('AdamW', () => {
     }
     [...p.get('a.weight').dataSync()].forEach((v, i) => expect(v).toBeCloseTo(ref.w[i]!, 5));
     expect(p.get('a.bias').dataSync()[0]).toBeCloseTo(ref.b[0]!, 5);
+  });
+
+  it('matrixDecayMask decays weights and embeddings, not biases or norm scales', () => {
+    const p = new Params();
+    p.add('fc.weight', tf.ones([2, 2]), 'linear');
+    p.add('fc.bias', tf.ones([2]));
+    p.add('ln.weight', tf.ones([2]));
+    const opt = new AdamW({ learningRate: 0.1, weightDecay: 0.5, decayMask: matrixDecayMask(p) });
+    opt.apply(p, grads([['fc.weight', [0, 0, 0, 0], [2, 2]], ['fc.bias', [0, 0], [2]], ['ln.weight', [0, 0], [2]]]));
+    // zero gradient: only decay moves a parameter, by lr·λ·p = 0.05
+    expect([...p.get('fc.weight').dataSync()].every((v) => Math.abs(v - 0.95) < 1e-6)).toBe(true);
+    expect([...p.get('fc.bias').dataSync()]).toEqual([1, 1]);
+    expect([...p.get('ln.weight').dataSync()]).toEqual([1, 1]);
   });
 
   it('a step does not grow the tensor count and gradients of the wrong shape are refused', () => {

@@ -11,5 +11,6 @@ export {
   OptimizerError,
   disposeGrads,
   lrAt,
+  matrixDecayMask,
   valueAndGrads,
 } from './types.js';

@@ -129,3 +129,11 @@ export function splitSlotKey(key: string): [string, string] | undefined {
   const i = key.indexOf('/');
   return i > 0 ? [key.slice(0, i), key.slice(i + 1)] : undefined;
 }
+
+/**
+ * nanoGPT's weight-decay rule: decay parameters with ≥ 2 dims (matmul/conv weights, embeddings), not
+ * biases or norm scales. Pass as `decayMask`.
+ */
+export function matrixDecayMask(params: Params): (name: string) => boolean {
+  return (name) => params.has(name) && params.get(name).rank >= 2;
+}
