@@ -142,7 +142,12 @@ export interface TrainFlags {
 // ---------------------------------------------------------------------------------------------------
 // convolution blocks (NHWC)
 
-/** Padding: 'same', 'valid', a symmetric pixel count, or explicit [[top, bottom], [left, right]]. */
+/**
+ * Padding: 'same'/'valid' (TensorFlow semantics: with stride > 1 'same' pads more at the bottom/right,
+ * unlike PyTorch), a symmetric pixel count (PyTorch's `padding=n`), or explicit
+ * [[top, bottom], [left, right]] (taming's stride-2 downsample pads (0, 1, 0, 1)). Prefer numbers or
+ * explicit pairs when porting PyTorch weights.
+ */
 export type ConvPadding = 'same' | 'valid' | number | readonly [readonly [number, number], readonly [number, number]];
 
 /** conv2d NHWC: x (B, H, W, Cin), weight [kh, kw, Cin, Cout] → (B, H', W', Cout). */
