@@ -273,6 +273,8 @@ export interface ForwardResult {
   indices: tf.Tensor1D;
   /** input of decoder.conv_out */
   hLast: tf.Tensor4D;
+  /** pre-quantisation latents (B·h·w, embed_dim), e.g. to restart dead codes from */
+  z: tf.Tensor2D;
 }
 
 export class VqganError extends Error {
@@ -311,7 +313,7 @@ export class Vqgan {
     const { zq, loss, indices } = quantize(this.params, z, opts.beta ?? 0.25);
     const zPost = conv2d(this.params, 'post_quant_conv', zq, { padding: 0 }); // (B, h, w, z_channels)
     const { out, hLast } = decoderWithLast(this.params, this.config, zPost, f);
-    return { xrec: out, qloss: loss, indices, hLast };
+    return { xrec: out, qloss: loss, indices, hLast, z: tf.reshape(z, [-1, this.config.embed_dim]) as tf.Tensor2D };
   }
 
   /** images (B, H, W, 3) in [-1, 1] → codes (B, h·w) int32 in [0, n_embed). */
