@@ -1,0 +1,154 @@
+"""PyTorch peer of bench/models.ts: the same VQ autoencoder and BART shapes, one Adam step each.
+
+Run by `npm run bench` through /usr/bin/python3 (Debian's python3-torch). Prints a JSON list on the
+last line: [{"name": ..., "ms": ..., "gflops": ...}], names matching the TypeScript bench rows.
+"""
+import argparse
+import json
+import math
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def vq_autoencoder(batch=8, size=64, channels=(32, 64, 128), codebook=512, code_dim=64, groups=8):
+    c0, c1, c2 = channels
+
+    class Res(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.n1, self.c1 = nn.GroupNorm(groups, c), nn.Conv2d(c, c, 3, padding=1)
+            self.n2, self.c2 = nn.GroupNorm(groups, c), nn.Conv2d(c, c, 3, padding=1)
+
+        def forward(self, x):
+            return x + self.c2(F.silu(self.n2(self.c1(F.silu(self.n1(x))))))
+
+    class VQ(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Sequential(nn.Conv2d(3, c0, 3, padding=1), Res(c0), nn.Conv2d(c0, c1, 4, 2, 1), Res(c1),
+                                     nn.Conv2d(c1, c2, 4, 2, 1), Res(c2), nn.Conv2d(c2, code_dim, 1))
+            self.codebook = nn.Parameter(torch.rand(codebook, code_dim) * 2 - 1)
+            self.dec = nn.Sequential(nn.Conv2d(code_dim, c2, 3, padding=1), Res(c2), nn.Upsample(scale_factor=2),
+                                     nn.Conv2d(c2, c1, 3, padding=1), Res(c1), nn.Upsample(scale_factor=2),
+                                     nn.Conv2d(c1, c0, 3, padding=1), Res(c0))
+            self.out = nn.Sequential(nn.GroupNorm(groups, c0), nn.SiLU(), nn.Conv2d(c0, 3, 3, padding=1))
+
+        def forward(self, x):
+            h = self.enc(x)
+            n, c, hh, ww = h.shape
+            z = h.permute(0, 2, 3, 1).reshape(-1, c)
+            d = (z * z).sum(1, keepdim=True) - 2 * z @ self.codebook.t() + (self.codebook ** 2).sum(1)
+            q = self.codebook[d.detach().argmin(1)]
+            vq = F.mse_loss(q, z.detach()) + 0.25 * F.mse_loss(z, q.detach())
+            st = (z + (q - z).detach()).reshape(n, hh, ww, c).permute(0, 3, 1, 2)
+            return F.l1_loss(self.out(self.dec(st)), x) + vq
+
+    images = torch.rand(batch, 3, size, size) * 2 - 1
+    model = VQ()
+    return "vq-autoencoder Adam step", model, lambda: model(images)
+
+
+def bart(batch=8, layers=4, d=256, heads=4, ffn=1024, text_len=64, image_len=256, vocab=16384):
+    def attention(x, mem, lin, causal):
+        b, t, _ = x.shape
+        s = mem.shape[1]
+        q = lin[0](x).view(b, t, heads, -1).transpose(1, 2)  # (B, nh, T, hs)
+        k = lin[1](mem).view(b, s, heads, -1).transpose(1, 2)
+        v = lin[2](mem).view(b, s, heads, -1).transpose(1, 2)
+        att = q @ k.transpose(-2, -1) / math.sqrt(d // heads)
+        if causal:
+            att = att.masked_fill(torch.triu(torch.ones(t, s, dtype=torch.bool), 1), float("-inf"))
+        y = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
+        return lin[3](y)
+
+    def attn_block():
+        return nn.ModuleList([nn.Linear(d, d) for _ in range(4)])
+
+    class Bart(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.etok, self.epos = nn.Embedding(vocab, d), nn.Parameter(torch.zeros(text_len, d))
+            self.dtok, self.dpos = nn.Embedding(vocab, d), nn.Parameter(torch.zeros(image_len, d))
+            self.enc = nn.ModuleList([nn.ModuleDict({"att": attn_block(), "ln1": nn.LayerNorm(d), "ffn": nn.Sequential(nn.Linear(d, ffn), nn.GELU(approximate="tanh"), nn.Linear(ffn, d)), "ln2": nn.LayerNorm(d)}) for _ in range(layers)])
+            self.dec = nn.ModuleList([nn.ModuleDict({"self": attn_block(), "ln1": nn.LayerNorm(d), "cross": attn_block(), "ln2": nn.LayerNorm(d), "ffn": nn.Sequential(nn.Linear(d, ffn), nn.GELU(approximate="tanh"), nn.Linear(ffn, d)), "ln3": nn.LayerNorm(d)}) for _ in range(layers)])
+            self.head = nn.Linear(d, vocab)
+
+        def forward(self, text, image):
+            x = self.etok(text) + self.epos
+            for l in self.enc:
+                x = l["ln1"](x + attention(x, x, l["att"], False))
+                x = l["ln2"](x + l["ffn"](x))
+            y = self.dtok(image) + self.dpos
+            for l in self.dec:
+                y = l["ln1"](y + attention(y, y, l["self"], True))
+                y = l["ln2"](y + attention(y, x, l["cross"], False))
+                y = l["ln3"](y + l["ffn"](y))
+            return F.cross_entropy(self.head(y).reshape(-1, vocab), image.reshape(-1))
+
+    text = torch.randint(0, vocab, (batch, text_len))
+    image = torch.randint(0, vocab, (batch, image_len))
+    model = Bart()
+    return "bart Adam step", model, lambda: model(text, image)
+
+
+def train(make, steps):
+    name, model, loss_fn = make()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"name": name, "ms": statistics.median(times[1:])}
+
+
+def matmuls():
+    cases = [
+        ("2-D 1024×1024 @ 1024×1024", (1024, 1024), (1024, 1024), False, False),
+        ("weight grad aᵀb 2048×256ᵀ @ 2048×1024", (2048, 256), (2048, 1024), True, False),
+        ("input grad abᵀ 2048×1024 @ 256×1024ᵀ", (2048, 1024), (256, 1024), False, True),
+        ("attention q·kᵀ 8×4×256×64 @ 8×4×256×64ᵀ", (8, 4, 256, 64), (8, 4, 256, 64), False, True),
+        ("attention p·v 8×4×256×256 @ 8×4×256×64", (8, 4, 256, 256), (8, 4, 256, 64), False, False),
+        ("shared weight 8×256×256 @ 256×1024", (8, 256, 256), (256, 1024), False, False),
+    ]
+    rows = []
+    for name, a_shape, b_shape, ta, tb in cases:
+        a, b = torch.rand(a_shape), torch.rand(b_shape)
+        f = lambda: (a.transpose(-2, -1) if ta else a) @ (b.transpose(-2, -1) if tb else b)
+        f()
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            out = f()
+            times.append((time.perf_counter() - t0) * 1000)
+        ms = statistics.median(times)
+        k = a_shape[-2] if ta else a_shape[-1]
+        rows.append({"name": name, "ms": ms, "gflops": 2 * out.numel() * k / ms / 1e6})
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--only", default="matmul,vq,bart")
+    args = p.parse_args()
+    only = set(args.only.split(","))
+    torch.manual_seed(0)
+    rows = []
+    if "matmul" in only:
+        rows += matmuls()
+    if "vq" in only:
+        rows.append(train(vq_autoencoder, args.steps))
+    if "bart" in only:
+        rows.append(train(bart, args.steps))
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
