@@ -11,7 +11,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { Rng } from './rng.js';
-import { readSafetensors, toTfTensors, writeSafetensors, type WriteOptions } from './safetensors.js';
+import { forEachSafetensor, readSafetensorsHeader, writeSafetensors, type RawTensor, type WriteOptions } from './safetensors.js';
 
 export type ParamKind = 'linear' | 'conv2d' | 'plain';
 
@@ -216,12 +216,14 @@ export interface LoadReport {
   mismatches: LoadMismatch[];
 }
 
-/**
- * Copies `tensors` into `params`, converting layouts and asserting every shape. Nothing is assigned
- * unless the strict check passes, so a failed load leaves the model untouched.
- */
-export function loadParams(params: Params, tensors: Map<string, tf.Tensor>, opts: LoadOptions = {}): LoadReport {
-  const strict = opts.strict ?? true;
+interface LoadPlan {
+  /** [model name, file name] pairs that pass every check */
+  pairs: [string, string][];
+  mismatches: LoadMismatch[];
+}
+
+/** Matches model parameters against file tensor shapes (no data needed): the from_pretrained checks. */
+function planLoad(params: Params, fileShapes: Map<string, number[]>, opts: LoadOptions): LoadPlan {
   const torch = opts.torchLayout ?? true;
   const map = opts.nameMap;
   const fileName = (n: string): string => {
@@ -231,35 +233,46 @@ export function loadParams(params: Params, tensors: Map<string, tf.Tensor>, opts
     return Object.hasOwn(map, n) ? (map[n] as string) : n;
   };
   const mismatches: LoadMismatch[] = [];
-  const plan: [string, tf.Tensor][] = [];
+  const pairs: [string, string][] = [];
   const used = new Set<string>();
   for (const name of params.names()) {
     if (opts.only && !opts.only(name)) continue;
-    const kind = params.kind(name);
     const v = params.get(name);
-    const expected = torch ? torchShape(v.shape, kind) : v.shape.slice();
+    const expected = torch ? torchShape(v.shape, params.kind(name)) : v.shape.slice();
     const src = fileName(name);
-    const t = tensors.get(src);
-    if (!t) {
+    const got = fileShapes.get(src);
+    if (!got) {
       mismatches.push({ name: src, problem: 'missing', expected });
       continue;
     }
     used.add(src);
-    if (t.shape.length !== expected.length || t.shape.some((d, i) => d !== expected[i])) {
-      mismatches.push({ name: src, problem: 'shape', expected, got: t.shape.slice() });
+    if (got.length !== expected.length || got.some((d, i) => d !== expected[i])) {
+      mismatches.push({ name: src, problem: 'shape', expected, got: got.slice() });
       continue;
     }
-    plan.push([name, t]);
+    pairs.push([name, src]);
   }
   if (!opts.only) {
-    for (const [src, t] of tensors) if (!used.has(src)) mismatches.push({ name: src, problem: 'unexpected', got: t.shape.slice() });
+    for (const [src, shape] of fileShapes) if (!used.has(src)) mismatches.push({ name: src, problem: 'unexpected', got: shape.slice() });
   }
-  if (strict && mismatches.length) throw new LoadParamsError(opts.source ?? '<tensors>', mismatches);
-  for (const [name, t] of plan) {
-    const v = params.get(name);
-    tf.tidy(() => v.assign(tf.cast(torch ? fromTorchLayout(t, params.kind(name)) : t, 'float32')));
-  }
-  return { loaded: plan.map(([n]) => n), mismatches };
+  return { pairs, mismatches };
+}
+
+function assignFrom(params: Params, name: string, t: tf.Tensor, torch: boolean): void {
+  const v = params.get(name);
+  tf.tidy(() => v.assign(tf.cast(torch ? fromTorchLayout(t, params.kind(name)) : t, 'float32')));
+}
+
+/**
+ * Copies `tensors` into `params`, converting layouts and asserting every shape. Nothing is assigned
+ * unless the strict check passes, so a failed load leaves the model untouched.
+ */
+export function loadParams(params: Params, tensors: Map<string, tf.Tensor>, opts: LoadOptions = {}): LoadReport {
+  const shapes = new Map([...tensors].map(([n, t]) => [n, t.shape] as [string, number[]]));
+  const { pairs, mismatches } = planLoad(params, shapes, opts);
+  if ((opts.strict ?? true) && mismatches.length) throw new LoadParamsError(opts.source ?? '<tensors>', mismatches);
+  for (const [name, src] of pairs) assignFrom(params, name, tensors.get(src) as tf.Tensor, opts.torchLayout ?? true);
+  return { loaded: pairs.map(([n]) => n), mismatches };
 }
 
 /** Parameters in PyTorch/HF layout under their names, ready for `writeSafetensors` (caller disposes). */
@@ -272,21 +285,40 @@ export function exportParams(params: Params, opts: { torchLayout?: boolean } = {
 
 /** Writes parameters to a safetensors file in PyTorch/HF layout (F32 unless `floatDtype` says otherwise). */
 export function saveParamsFile(path: string, params: Params, opts: WriteOptions = {}): void {
-  const tensors = exportParams(params);
-  try {
-    writeSafetensors(path, tensors, { ...opts, metadata: { format: 'pt', ...opts.metadata } });
-  } finally {
-    tf.dispose([...tensors.values()]);
+  // One transposed copy at a time on the backend (its heap may be the 4 GiB wasm one); data goes to JS.
+  const raw = new Map<string, RawTensor>();
+  for (const [name, v] of params.entries()) {
+    const t = toTorchLayout(v, params.kind(name));
+    raw.set(name, { dtype: 'float32', shape: t.shape.slice(), data: Float32Array.from(t.dataSync() as Float32Array) });
+    t.dispose();
   }
+  writeSafetensors(path, raw, { ...opts, metadata: { format: 'pt', ...opts.metadata } });
 }
 
-/** Loads a safetensors file into `params` with `loadParams`' checks; mismatches name the file. */
+/**
+ * Loads a safetensors file into `params` with `loadParams`' checks, done on the header before any data
+ * is read; then streams tensor by tensor, so peak memory is the model plus one tensor (a checkpoint
+ * the size of the model would not fit twice in the 4 GiB wasm heap). Mismatches name the file.
+ */
 export async function loadParamsFile(path: string, params: Params, opts: LoadOptions = {}): Promise<LoadReport> {
-  const { tensors: raw } = await readSafetensors(path);
-  const tensors = toTfTensors(raw);
-  try {
-    return loadParams(params, tensors, { source: path, ...opts });
-  } finally {
-    tf.dispose([...tensors.values()]);
-  }
+  const header = readSafetensorsHeader(path);
+  const shapes = new Map(header.tensors.map((t) => [t.name, t.shape] as [string, number[]]));
+  const { pairs, mismatches } = planLoad(params, shapes, opts);
+  if ((opts.strict ?? true) && mismatches.length) throw new LoadParamsError(opts.source ?? path, mismatches);
+  const targets = new Map<string, string[]>(); // file name → model names (one file tensor may feed tied params)
+  for (const [name, src] of pairs) targets.set(src, [...(targets.get(src) ?? []), name]);
+  const torch = opts.torchLayout ?? true;
+  await forEachSafetensor(
+    path,
+    (src, raw) => {
+      const t = tf.tensor(raw.data, raw.shape, raw.dtype);
+      try {
+        for (const name of targets.get(src) ?? []) assignFrom(params, name, t, torch);
+      } finally {
+        t.dispose();
+      }
+    },
+    { names: targets.keys() },
+  );
+  return { loaded: pairs.map(([n]) => n), mismatches };
 }

@@ -301,10 +301,16 @@ function readFully(fd: number, out: Uint8Array, position: number, path: string):
 }
 
 /**
- * Reads a safetensors file tensor by tensor (peak memory ≈ the largest tensor plus the results, not the
- * whole file twice). `names` restricts which tensors are decoded.
+ * Streams a safetensors file: validates the whole header first, then decodes the requested tensors (all
+ * when `names` is omitted) one at a time in file order and hands each to `onTensor`, so peak memory is
+ * one tensor rather than the whole checkpoint. A requested name absent from the file is an error
+ * raised before any tensor is decoded.
  */
-export async function readSafetensors(path: string, opts: { names?: Iterable<string> } = {}): Promise<SafetensorsContents> {
+export async function forEachSafetensor(
+  path: string,
+  onTensor: (name: string, tensor: RawTensor) => void | Promise<void>,
+  opts: { names?: Iterable<string> } = {},
+): Promise<SafetensorsHeader> {
   const fh = await open(path, 'r');
   try {
     const size = (await fh.stat()).size;
@@ -315,21 +321,28 @@ export async function readSafetensors(path: string, opts: { names?: Iterable<str
     await readAll(fh, json, 8, path);
     const header = parseHeader(json, size - 8 - n, path);
     const wanted = opts.names ? new Set(opts.names) : null;
-    const tensors = new Map<string, RawTensor>();
+    if (wanted) {
+      const present = new Set(header.tensors.map((t) => t.name));
+      const missing = [...wanted].filter((w) => !present.has(w));
+      if (missing.length) throw new SafetensorsError(path, `requested tensors not in file: ${missing.join(', ')}`);
+    }
     for (const info of header.tensors) {
       if (wanted && !wanted.has(info.name)) continue;
       const bytes = new Uint8Array(info.end - info.begin);
       await readAll(fh, bytes, 8 + n + info.begin, path);
-      tensors.set(info.name, decode(info, bytes, path));
+      await onTensor(info.name, decode(info, bytes, path));
     }
-    if (wanted) {
-      const missing = [...wanted].filter((w) => !tensors.has(w));
-      if (missing.length) throw new SafetensorsError(path, `requested tensors not in file: ${missing.join(', ')}`);
-    }
-    return { tensors, metadata: header.metadata };
+    return header;
   } finally {
     await fh.close();
   }
+}
+
+/** Reads a safetensors file (or only `names` from it) into memory. */
+export async function readSafetensors(path: string, opts: { names?: Iterable<string> } = {}): Promise<SafetensorsContents> {
+  const tensors = new Map<string, RawTensor>();
+  const header = await forEachSafetensor(path, (name, t) => void tensors.set(name, t), opts);
+  return { tensors, metadata: header.metadata };
 }
 
 async function readAll(fh: Awaited<ReturnType<typeof open>>, out: Uint8Array, position: number, path: string): Promise<void> {

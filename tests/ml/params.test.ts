@@ -90,6 +90,23 @@ describe('Params', () => {
     expect(rep.loaded).toContain('encoder.layernorm_embedding.weight');
   });
 
+  it('loadParamsFile checks the header before reading data and can feed one tensor to tied parameters', async () => {
+    const src = new Params();
+    src.add('shared.weight', tf.tensor([[1, 2], [3, 4], [5, 6]]));
+    const path = join(dir, 'shared.safetensors');
+    saveParamsFile(path, src);
+    const p = new Params();
+    p.add('encoder.embed_tokens.weight', tf.zeros([3, 2]));
+    p.add('decoder.embed_tokens.weight', tf.zeros([3, 2]));
+    const rep = await loadParamsFile(path, p, { nameMap: (n) => (n.endsWith('embed_tokens.weight') ? 'shared.weight' : undefined) });
+    expect(rep.loaded.sort()).toEqual(['decoder.embed_tokens.weight', 'encoder.embed_tokens.weight']);
+    expect([...p.get('decoder.embed_tokens.weight').dataSync()]).toEqual([1, 2, 3, 4, 5, 6]);
+    const wrong = new Params();
+    wrong.add('shared.weight', tf.zeros([2, 3]));
+    await expect(loadParamsFile(path, wrong)).rejects.toThrow(/shared\.safetensors: 1 parameter mismatch.*\n.*shared\.weight: shape \[3,2\] in file, expected \[2,3\]/);
+    expect([...wrong.get('shared.weight').dataSync()].every((v) => v === 0)).toBe(true);
+  });
+
   it('nameMap and only: warm-start part of a model from differently named tensors', () => {
     const p = model(1);
     const src = exportParams(model(5));
