@@ -23,8 +23,10 @@ export function describeProgress(name: string, p: ProgressState, now: number): s
   const elapsed = (now - p.startedAt) / 1000;
   const rate = elapsed > 0 ? (p.done - p.startDone) / elapsed : 0;
   const eta = rate > 0 ? (p.total - p.done) / rate : Infinity;
-  const pct = p.total > 0 ? Math.floor((100 * p.done) / p.total) : 0;
-  return `${name}: ${p.done}/${p.total} ${p.unit} (${pct}%), ${rate.toFixed(rate < 10 ? 2 : 0)} ${p.unit}/s, ETA ${formatDuration(eta)}`;
+  const speed = `${rate.toFixed(rate < 10 ? 2 : 0)} ${p.unit}/s`;
+  if (p.total <= 0) return `${name}: ${p.done} ${p.unit}, ${speed}`; // a stream of unknown length
+  const pct = Math.floor((100 * p.done) / p.total);
+  return `${name}: ${p.done}/${p.total} ${p.unit} (${pct}%), ${speed}, ETA ${formatDuration(eta)}`;
 }
 
 export class ProgressBoard {
@@ -41,6 +43,7 @@ export class ProgressBoard {
     return Boolean(this.out.isTTY) && process.env.CI === undefined;
   }
 
+  /** `total` ≤ 0: length unknown (shows count and rate, no ETA). */
   start(name: string, total: number, unit: string, done = 0): void {
     const t = this.now();
     this.bars.set(name, { total, unit, done, startDone: done, startedAt: t, lastPrinted: -Infinity });
@@ -50,7 +53,7 @@ export class ProgressBoard {
   tick(name: string, n = 1): void {
     const bar = this.bars.get(name);
     if (!bar) return;
-    bar.done = Math.min(bar.total, bar.done + n);
+    bar.done = bar.total > 0 ? Math.min(bar.total, bar.done + n) : bar.done + n;
     this.render(name);
   }
 

@@ -7,7 +7,8 @@ import { isAbsolute, relative, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { encodeEvent, EXIT, type StageSpec, type WorkerEvent } from './executors/protocol.js';
 import { loadPlugins } from './plugins/registry.js';
-import type { CheckpointInfo, Checkpoints, Plugin, PluginHooks, StageContext } from './plugins/types.js';
+import { createStageContext, notify } from './context.js';
+import type { Plugin } from './plugins/types.js';
 import { RunStore } from './runs/index.js';
 import { scrub, secretValues } from './secrets.js';
 
@@ -23,19 +24,6 @@ async function readSpec(): Promise<{ spec: StageSpec; stdinClosed: Promise<void>
   });
   const stdinClosed = new Promise<void>((res) => rl.once('close', () => res()));
   return { spec: JSON.parse(first) as StageSpec, stdinClosed };
-}
-
-/** Calls one hook of every observing plugin; a failing hook is reported, and does not stop the stage. */
-async function notify<K extends keyof PluginHooks>(observers: Plugin[], hook: K, event: Parameters<NonNullable<PluginHooks[K]>>[0]): Promise<void> {
-  for (const p of observers) {
-    const fn = p.hooks?.[hook] as ((e: typeof event) => void | Promise<void>) | undefined;
-    if (!fn) continue;
-    try {
-      await fn(event);
-    } catch (err) {
-      process.stderr.write(`warning: plugin '${p.name}' hook ${hook} failed: ${(err as Error).message}\n`);
-    }
-  }
 }
 
 export async function runWorker(): Promise<number> {
@@ -60,49 +48,30 @@ export async function runWorker(): Promise<number> {
     const config = plugin.config.parse(spec.config) as Record<string, unknown>;
     const store = new RunStore(spec.runsDir);
     const run = await store.open(spec.runId);
-    const stored = run.checkpoints();
-    const checkpoints: Checkpoints = {
-      save: async (step, write, meta) => {
-        const info: CheckpointInfo = await stored.save(step, write, meta);
-        await notify(observers, 'checkpoint', { runId: run.id, checkpoint: info });
-        return info;
-      },
-      latest: () => stored.latest(),
-      list: () => stored.list(),
+    const logger = {
+      info: (m: string) => process.stdout.write(`${scrub(m, secrets)}\n`),
+      warn: (m: string) => process.stderr.write(`warning: ${scrub(m, secrets)}\n`),
+      error: (m: string) => process.stderr.write(`error: ${scrub(m, secrets)}\n`),
     };
-    const pending: Promise<void>[] = [];
-    const ctx: StageContext<Record<string, unknown>> = {
-      config,
+    const { ctx, pending } = createStageContext({
+      run,
       stage: spec.stage,
-      runId: run.id,
-      runDir: run.dir,
-      outDir: run.outDir,
+      config,
       inputs: spec.inputs,
       seed: spec.seed,
-      log: (metrics, step) => {
-        run.log(metrics, step);
-        pending.push(notify(observers, 'metrics', { runId: run.id, step, metrics }));
-      },
-      defineMetric: (name, o) => run.defineMetric(name, o),
-      media: (key, png, step, caption) => run.media(key, png, step, caption),
-      summary: (values) => run.summary(values),
+      signal: controller.signal,
+      logger,
+      observers,
       meta: (values) => emit({ type: 'meta', values }),
-      checkpoints,
       progress: {
         start: (total, unit, done = 0) => emit({ type: 'progress', op: 'start', total, unit, done }),
         tick: (n = 1) => emit({ type: 'progress', op: 'tick', n }),
         end: () => emit({ type: 'progress', op: 'end' }),
       },
-      logger: {
-        info: (m) => process.stdout.write(`${scrub(m, secrets)}\n`),
-        warn: (m) => process.stderr.write(`warning: ${scrub(m, secrets)}\n`),
-        error: (m) => process.stderr.write(`error: ${scrub(m, secrets)}\n`),
-      },
-      signal: controller.signal,
-    };
-    await notify(observers, 'runStart', { runId: run.id, stage: spec.stage, plugin: plugin.name });
+    });
+    await notify(observers, 'runStart', { runId: run.id, stage: spec.stage, plugin: plugin.name }, logger);
     const result = await plugin.run(ctx);
-    await Promise.all(pending);
+    await pending();
     if (result.summary) run.summary(result.summary);
     const artifacts: Record<string, string> = {};
     for (const [name, p] of Object.entries(result.artifacts ?? {})) {
@@ -113,7 +82,7 @@ export async function runWorker(): Promise<number> {
     }
     await run.flush();
     const stopped = controller.signal.aborted;
-    await notify(observers, 'runEnd', { runId: run.id, status: stopped ? 'stopped' : 'finished', artifacts });
+    await notify(observers, 'runEnd', { runId: run.id, status: stopped ? 'stopped' : 'finished', artifacts }, logger);
     emit({ type: 'result', artifacts, stopped });
     return stopped ? EXIT.stopped : EXIT.finished;
   } catch (err) {

@@ -60,6 +60,8 @@ export interface EncodedWriterOptions {
   producer?: Record<string, unknown>;
   /** Rows per parquet row group: the loader's read granularity. */
   rowGroupSize?: number;
+  /** Shards already written by an earlier, interrupted writer (same dir): new shards continue after them. */
+  existingShards?: EncodedShardInfo[];
 }
 
 export class EncodedShardWriter {
@@ -69,6 +71,15 @@ export class EncodedShardWriter {
 
   constructor(private readonly opts: EncodedWriterOptions) {
     if (!(opts.rowsPerShard > 0) || !(opts.codeCount > 0)) throw new RangeError('EncodedShardWriter: rowsPerShard and codeCount must be positive');
+    for (const shard of opts.existingShards ?? []) {
+      this.shards.push(shard);
+      this.count += shard.rows;
+    }
+  }
+
+  /** Shards written so far (complete and visible), in order. */
+  get finishedShards(): readonly EncodedShardInfo[] {
+    return this.shards;
   }
 
   /** Buffers one row (at most one shard is held in memory) and flushes a full shard. */

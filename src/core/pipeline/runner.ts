@@ -1,4 +1,4 @@
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import type { LoadedExperiment } from '../config/experiment.js';
 import type { ProjectConfig } from '../config/project.js';
@@ -35,13 +35,22 @@ export interface RunPipelineOptions {
   signal?: AbortSignal;
 }
 
+function readSummary(file: string): Record<string, unknown> {
+  try {
+    const { _best: _, ...values } = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+    return values;
+  } catch {
+    return {}; // a stage that logged nothing has no summary
+  }
+}
+
 function outputsOf(record: RunRecord, store: RunStore): StageOutputs {
   const dir = join(store.root, record.id);
   return {
     runId: record.id,
     outDir: join(dir, 'out'),
     artifacts: Object.fromEntries(Object.entries(record.outputs?.artifacts ?? {}).map(([k, p]) => [k, resolve(dir, p)])),
-    summary: {},
+    summary: readSummary(join(dir, 'summary.json')),
   };
 }
 
