@@ -8,7 +8,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { registerCoreGradients } from './kernels/gradients.js';
-import { installGradientFixes, installWasmKernels } from './kernels/index.js';
+import { installCpuKernels, installGradientFixes, installWasmKernels } from './kernels/index.js';
 
 export { tf };
 export { sparseSoftmaxCrossEntropy, stopGradient, straightThrough, upsampleNearest2x } from './kernels/index.js';
@@ -128,7 +128,10 @@ async function init(options: ComputeOptions): Promise<ComputeInfo> {
   if (backend === undefined) throw new ComputeBackendError('no tfjs backend could be initialised');
   await registerCoreGradients();
   installGradientFixes();
-  const kernels = backend === 'wasm' ? installWasmKernels() : [];
+  // The cpu backend is loaded in every case: it is the self-check's reference and the fallback for tiny checks.
+  await loadCpu();
+  const cpuKernels = installCpuKernels();
+  const kernels = backend === 'wasm' ? installWasmKernels() : backend === 'cpu' ? cpuKernels : [];
   if (backend === 'wasm' && options.selfCheck !== false) {
     const { selfCheck } = await import('./selfcheck.js');
     await selfCheck();

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ComputeBackendError, computeInfo, initCompute, tf } from '../../src/ml/backend.js';
+import { CPU_KERNELS } from '../../src/ml/kernels/index.js';
 import { KernelSelfCheckError, selfCheck } from '../../src/ml/selfcheck.js';
 
 // One process per test file (vitest forks), so the order below is the life of one process.
@@ -29,6 +30,7 @@ describe('initCompute', () => {
     for (const k of info.kernels) expect(tf.getKernel(k, 'wasm')).toBeDefined();
     expect(await initCompute()).toBe(info);
     expect(await initCompute({ backend: 'wasm' })).toBe(info);
+    expect(tf.getKernel('ResizeNearestNeighborGrad', 'cpu')).toBe(CPU_KERNELS[0]);
     // Gradients are registered (tfjs-core's Node bundle ships none).
     expect(tf.getGradient('Mean')).toBeDefined();
   });

@@ -4,6 +4,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { batchMatMulConfig, batchMatMulGradConfig } from './batch-matmul.js';
+import { cpuResizeNearestNeighborGradConfig } from './cpu-resize-grad.js';
 import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig } from './conv.js';
 import { unsortedSegmentSumConfig } from './segment-sum.js';
 import { captureStockKernels } from './wasm-heap.js';
@@ -38,6 +39,26 @@ export function installWasmKernels(): string[] {
     installed = true;
   }
   return WASM_KERNELS.map((k) => k.kernelName);
+}
+
+/** Kernels we register for the cpu backend (bug fixes), in registration order. */
+export const CPU_KERNELS: readonly tf.KernelConfig[] = [cpuResizeNearestNeighborGradConfig];
+
+let cpuInstalled = false;
+
+/**
+ * Replaces buggy stock cpu kernels. Call after @tensorflow/tfjs-backend-cpu has been imported: its
+ * import registers the stock kernels and would otherwise overwrite ours. Idempotent.
+ */
+export function installCpuKernels(): string[] {
+  if (!cpuInstalled) {
+    for (const cfg of CPU_KERNELS) {
+      if (tf.getKernel(cfg.kernelName, 'cpu') != null) tf.unregisterKernel(cfg.kernelName, 'cpu');
+      tf.registerKernel(cfg);
+    }
+    cpuInstalled = true;
+  }
+  return CPU_KERNELS.map((k) => k.kernelName);
 }
 
 /** Gradient fixes are global in tfjs (not per backend); they are correct on every backend. */
