@@ -1,0 +1,136 @@
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import plugin, { VqganFinetuneConfig } from '../../plugins/vqgan-finetune/index.js';
+import { RunStore } from '../../src/core/runs/index.js';
+import { checkPluginShape } from '../../src/core/plugins/registry.js';
+import { generateShapes, DEFAULT_HELDOUT_COMBOS } from '../../src/data/shapes.js';
+import { loadVqgan, saveVqgan, Vqgan } from '../../src/ml/models/vqgan.js';
+import { initCompute } from '../../src/ml/backend.js';
+import { stageContext } from './vqgan-context.js';
+
+let root: string;
+let train: string;
+let heldout: string;
+
+beforeAll(async () => {
+  // wasm: the plugin test trains a real (tiny) model; cpu is ~5× slower on convolutions
+  await initCompute({ backend: 'wasm' });
+  root = mkdtempSync(join(tmpdir(), 'minidalle-vqgan-plugin-'));
+  const r = await generateShapes(join(root, 'data'), {
+    count: 24,
+    heldoutCount: 8,
+    size: 16,
+    seed: 1,
+    samplesPerShard: 12,
+    heldoutCombos: DEFAULT_HELDOUT_COMBOS.map((c) => ({ ...c })),
+    plainBackgroundProb: 0.5,
+  });
+  train = r.train.pattern;
+  heldout = r.heldout.pattern;
+});
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+const MODEL = { ch: 8, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [8], z_channels: 4, n_embed: 16, embed_dim: 4, num_groups: 4 };
+
+function config(extra: Record<string, unknown> = {}) {
+  return VqganFinetuneConfig.parse({
+    resolution: 16,
+    model: MODEL,
+    steps: 6,
+    batch_size: 4,
+    lr: 1e-3,
+    disc_start: 3, // generator GAN loss, adaptive weight and discriminator updates from step 3
+    disc_layers: 1,
+    disc_ndf: 4,
+    restart_every: 2,
+    restart_until: 5,
+    log_every: 1,
+    media_every: 3,
+    eval_every: 3,
+    eval_count: 4,
+    checkpoint_every: 2,
+    ...extra,
+  });
+}
+
+async function weights(dir: string): Promise<Map<string, number[]>> {
+  const m = await loadVqgan(dir);
+  const out = new Map<string, number[]>();
+  for (const [n, v] of m.params.entries()) out.set(n, Array.from(v.dataSync()));
+  m.dispose();
+  return out;
+}
+
+describe('vqgan-finetune plugin', () => {
+  it('has a valid plugin shape and a strict config with defaults', () => {
+    expect(() => checkPluginShape(plugin, 'test')).not.toThrow();
+    expect(VqganFinetuneConfig.parse({}).beta1).toBe(0.5);
+    expect(() => VqganFinetuneConfig.parse({ stepz: 3 })).toThrow();
+  });
+
+  it('stopping at step 3 and resuming gives the same weights at step 6 as an uninterrupted run; no tensor growth', async () => {
+    const store = new RunStore(join(root, 'runs'), { onWarning: () => {} });
+    const inputs = { data: { runId: 'x', outDir: root, artifacts: { train, heldout }, summary: {} } };
+
+    // uninterrupted
+    const runA = await store.create({ name: 'a', kind: 'stage' });
+    const counts: number[] = [];
+    const media: { key: string; step: number; bytes: number }[] = [];
+    const meta: Record<string, unknown> = {};
+    const before = tf.memory().numTensors;
+    const resA = await plugin.run(stageContext(runA, { config: config(), inputs, media, meta, onLog: (m) => 'train/loss' in m && counts.push(tf.memory().numTensors) }));
+    await runA.flush();
+    expect(tf.memory().numTensors).toBe(before);
+    expect(counts).toHaveLength(6);
+    // live tensors stay constant once the lazily created Adam slots exist (generator after step 1,
+    // discriminator after its first update at step 3)
+    expect(counts[1]).toBe(counts[0]);
+    expect(new Set(counts.slice(3)).size).toBe(1);
+    expect(resA.artifacts?.model).toBe(join(runA.outDir, 'vqgan'));
+    expect(existsSync(join(runA.outDir, 'vqgan', 'config.json'))).toBe(true);
+    expect(media.map((m) => m.step)).toEqual([3, 6]);
+    expect((meta.backend as { backend: string }).backend).toBe('wasm');
+    expect(resA.summary?.eval_psnr).toEqual(expect.any(Number));
+    expect(readdirSync(join(runA.dir, 'checkpoints')).sort()).toEqual(['step-2', 'step-4', 'step-6']);
+
+    // interrupted at step 3 (after the GAN switched on), then resumed in a new run
+    const runB = await store.create({ name: 'b', kind: 'stage' });
+    const ctl = new AbortController();
+    const resB = await plugin.run(stageContext(runB, { config: config(), inputs, signal: ctl.signal, onLog: (m, step) => step === 3 && 'train/loss' in m && ctl.abort() }));
+    await runB.flush();
+    expect(resB.artifacts).toBeUndefined();
+    expect(readdirSync(join(runB.dir, 'checkpoints')).sort()).toEqual(['step-2', 'step-3']);
+    const runC = await store.create({ name: 'c', kind: 'stage', resumed_from: runB.id });
+    const stepsC: number[] = [];
+    const resC = await plugin.run(stageContext(runC, { config: config(), inputs, onLog: (m, step) => 'train/loss' in m && stepsC.push(step) }));
+    await runC.flush();
+    expect(stepsC).toEqual([4, 5, 6]);
+
+    const a = await weights(resA.artifacts!.model!);
+    const c = await weights(resC.artifacts!.model!);
+    expect(c.size).toBe(a.size);
+    for (const [n, v] of a) expect(c.get(n), n).toEqual(v);
+    // and training moved the weights away from the initialisation
+    const init = Vqgan.create({ ...MODEL, resolution: 16 }, 0);
+    await saveVqgan(init, join(root, 'init'));
+    init.dispose();
+    const i0 = await weights(join(root, 'init'));
+    expect(i0.get('decoder.conv_out.weight')).not.toEqual(a.get('decoder.conv_out.weight'));
+  });
+
+  it('fine-tunes from an init folder and reports a missing data source clearly', async () => {
+    const store = new RunStore(join(root, 'runs2'), { onWarning: () => {} });
+    const init = Vqgan.create({ ...MODEL, resolution: 16 }, 9);
+    await saveVqgan(init, join(root, 'init2'));
+    init.dispose();
+    const run = await store.create({ name: 'f', kind: 'stage' });
+    const res = await plugin.run(stageContext(run, { config: config({ init: join(root, 'init2'), steps: 1, train, heldout }) }));
+    await run.flush();
+    expect(res.artifacts?.model).toBeDefined();
+    const run2 = await store.create({ name: 'g', kind: 'stage' });
+    await expect(plugin.run(stageContext(run2, { config: config() }))).rejects.toThrow(/with.train/);
+  });
+});
