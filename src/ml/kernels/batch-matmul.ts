@@ -79,11 +79,8 @@ function batchMatMul(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; at
     const a3 = transposeA ? s.transpose(s.reshape(a, [batchA, k, m]), [0, 2, 1]) : s.reshape(a, [batchA, m, k]);
     const b3 = transposeB ? s.transpose(s.reshape(b, [batchB, n, k]), [0, 2, 1]) : s.reshape(b, [batchB, k, n]);
 
-    if (batchB === 1) {
-      // b shared by every batch (or no batch at all): one tall [batch·m, k] @ [k, n].
-      const aFlat = batchA === batch ? s.reshape(a3, [1, batchA * m, k]) : null;
-      if (aFlat != null) return s.reshape(matmul2d(s, aFlat, b3), outShape);
-    }
+    // b shared by every batch (or no batch at all; then batch = batchA): one tall [batch·m, k] @ [k, n].
+    if (batchB === 1) return s.reshape(matmul2d(s, s.reshape(a3, [1, batch * m, k]), b3), outShape);
 
     const out = s.alloc([batch, m, n]);
     const aIdx = broadcastIndex(outerA, outer);
