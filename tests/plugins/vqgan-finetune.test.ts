@@ -42,7 +42,7 @@ function config(extra: Record<string, unknown> = {}) {
     steps: 6,
     batch_size: 4,
     lr: 1e-3,
-    disc_start: 3, // generator GAN loss, adaptive weight and discriminator updates from step 3
+    disc_start: 2, // GAN loss, adaptive weight and discriminator updates in steps 3..6 (after 2 steps)
     disc_layers: 1,
     disc_ndf: 4,
     restart_every: 2,
