@@ -3,6 +3,7 @@
  * tfjs upgrade or a heap-handling mistake fails loudly instead of training on wrong gradients.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { Rng } from './rng.js';
 
 export class KernelSelfCheckError extends Error {
   constructor(
@@ -20,15 +21,9 @@ export class KernelSelfCheckError extends Error {
 
 export const SELF_CHECK_TOLERANCE = 1e-4;
 
-/** Deterministic values in [-1, 1) (a 32-bit LCG): the check must be reproducible. */
+/** Deterministic values in [-1, 1) from the project's seeded RNG: the check must be reproducible. */
 export function randomValues(size: number, seed: number): Float32Array {
-  const out = new Float32Array(size);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < size; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2147483648 - 1;
-  }
-  return out;
+  return new Rng(seed).fillUniform(new Float32Array(size), -1, 1);
 }
 
 export function randomTensor(shape: number[], seed: number): tf.Tensor {
