@@ -81,6 +81,10 @@ async function loadWasm(threads: number): Promise<void> {
 
 async function loadCpu(): Promise<void> {
   await import('@tensorflow/tfjs-backend-cpu');
+  // The cpu backend greets its first use in Node with advice to install tfjs-node; minidalle already chose the
+  // engine (and says which at stage start), so the advice would only be noise in every stage's output.
+  const cpu = tf.findBackend('cpu') as unknown as { firstUse?: boolean } | null;
+  if (cpu && 'firstUse' in cpu) cpu.firstUse = false;
 }
 
 async function activate(name: BackendName, threads: number): Promise<boolean> {
