@@ -319,7 +319,11 @@ export default definePlugin({
     const startStep = state.step;
     ctx.progress.start(c.steps, 'step', state.step);
     try {
-      while (state.step < c.steps && !ctx.signal.aborted) {
+      while (state.step < c.steps) {
+        // A macrotask turn per step: SIGINT/SIGTERM handlers (which abort ctx.signal) run only when the
+        // event loop gets one, and a step is otherwise all synchronous tensor work.
+        await new Promise<void>((r) => setImmediate(r));
+        if (ctx.signal.aborted) break;
         const t0 = performance.now();
         const x = batchTensor(train, nextBatch(train.count, c.batch_size, seed, state.position, permCache));
         const ganOn = state.step >= c.disc_start;

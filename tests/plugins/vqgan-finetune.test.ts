@@ -121,6 +121,21 @@ describe('vqgan-finetune plugin', () => {
     expect(i0.get('decoder.conv_out.weight')).not.toEqual(a.get('decoder.conv_out.weight'));
   });
 
+  it('honours an abort signalled from outside the step (a timer, like SIGINT): final checkpoint, no artifact', async () => {
+    const store = new RunStore(join(root, 'runs3'), { onWarning: () => {} });
+    const run = await store.create({ name: 's', kind: 'stage' });
+    const ctl = new AbortController();
+    let logged = 0;
+    const timer = setInterval(() => logged >= 2 && ctl.abort(), 5);
+    const res = await plugin.run(stageContext(run, { config: config({ steps: 1000, train, heldout, checkpoint_every: 1000, eval_every: 1000, media_every: 1000 }), signal: ctl.signal, onLog: () => logged++ }));
+    clearInterval(timer);
+    expect(res.artifacts).toBeUndefined();
+    const steps = res.summary?.steps as number;
+    expect(steps).toBeGreaterThanOrEqual(2);
+    expect(steps).toBeLessThan(10);
+    expect(readdirSync(join(run.dir, 'checkpoints'))).toEqual([`step-${steps}`]);
+  });
+
   it('fine-tunes from an init folder and reports a missing data source clearly', async () => {
     const store = new RunStore(join(root, 'runs2'), { onWarning: () => {} });
     const init = Vqgan.create({ ...MODEL, resolution: 16 }, 9);
