@@ -1,0 +1,30 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { cli, project, ROOT, runRecords } from '../support/cli.js';
+
+const EXPERIMENTS = readdirSync(join(ROOT, 'experiments')).filter((f) => f.endsWith('.yaml'));
+
+describe('shipped experiments', () => {
+  it.each(EXPERIMENTS)('%s validates', (file) => {
+    const r = cli(project(), ['validate', join(ROOT, 'experiments', file)]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+  });
+
+  it('the quickstart runs end to end at a tiny size: shapes → VQGAN → encoded parquet shards', () => {
+    const dir = project();
+    const r = cli(dir, [
+      'run', join(ROOT, 'experiments/quickstart.yaml'),
+      'stages.data.with.count=64', 'stages.data.with.heldout_count=16', 'stages.vqgan.with.steps=4', 'stages.vqgan.with.eval_count=16',
+      'stages.vqgan.with.log_every=2', 'stages.vqgan.with.checkpoint_every=2',
+    ]);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/data=finished vqgan=finished encode=finished/);
+    const encode = runRecords(dir).find((x) => x.stage === 'encode')!;
+    const summary = JSON.parse(readFileSync(join(dir, 'runs', encode.id as string, 'summary.json'), 'utf8'));
+    expect(summary).toMatchObject({ train_count: 64, heldout_count: 16, code_count: 64 });
+    const vqgan = runRecords(dir).find((x) => x.stage === 'vqgan')!;
+    expect((vqgan.meta as { backend?: { backend: string } }).backend?.backend).toBe('wasm');
+  }, 120_000);
+});
