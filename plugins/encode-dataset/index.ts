@@ -89,7 +89,10 @@ export default definePlugin({
     let encodeSeconds = 0;
     let encoded = 0;
     const started = performance.now();
-    ctx.progress.start(0, 'img');
+    // Sources that know their size cheaply give the progress bar a total (and an ETA).
+    const estimates = await Promise.all(Object.values(c.sources).map((spec) => openSource(spec).estimateCount()));
+    const total = estimates.every((n) => n !== undefined) ? estimates.reduce((a, n) => a + n!, 0) : 0;
+    ctx.progress.start(total, 'img');
     try {
       for (const [split, spec] of Object.entries(c.sources)) {
         const dir = join(ctx.outDir, split);
@@ -97,6 +100,7 @@ export default definePlugin({
         const before = previous?.splits[split];
         if (before) await adoptShards(join(previous!.out_dir, split), dir, before.shards);
         if (before?.done) {
+          ctx.progress.tick(before.shards.reduce((n, s) => n + s.rows, 0));
           await copyFile(join(previous!.out_dir, split, MANIFEST_NAME), join(dir, MANIFEST_NAME));
           progress.splits[split] = before;
           ctx.logger.info(`${split}: complete in run ${latest!.runId}, reused`);
@@ -110,6 +114,7 @@ export default definePlugin({
           producer: { plugin: 'encode-dataset', vqgan: c.vqgan, source: spec, resolution: c.resolution },
         });
         let skipRows = (before?.shards ?? []).reduce((n, s) => n + s.rows, 0);
+        if (skipRows > 0) ctx.progress.tick(skipRows);
         if (skipRows > 0) ctx.logger.info(`${split}: resuming after ${before!.shards.length} shards (${skipRows} rows) from run ${latest!.runId}`);
         const skips = new SkipCounts();
         const items = prepareItems(openSource(spec), { ...prepareOptionsFrom({ ...c, source: spec, crop: 'centre', blank_caption_prob: 0 }, ctx.seed), signal: ctx.signal, onWarning: (m) => ctx.logger.warn(m) }, skips);

@@ -1,5 +1,5 @@
 import { createWriteStream } from 'node:fs';
-import { mkdir, rename, rm } from 'node:fs/promises';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
@@ -84,6 +84,8 @@ export class WebdatasetShardWriter {
     await this.done;
     const final = join(this.opts.dir, `${this.opts.prefix}-${String(this.shards.length).padStart(5, '0')}.tar`);
     await rename(this.tmpPath, final);
+    // img2dataset's per-shard stats, so readers know the size of the dataset without reading it.
+    await writeFile(final.replace(/\.tar$/, '_stats.json'), `${JSON.stringify({ count: this.inShard, successes: this.inShard, failed_to_download: 0, failed_to_resize: 0 })}\n`);
     this.shards.push(final);
     this.pack = undefined;
     this.done = undefined;

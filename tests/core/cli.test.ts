@@ -16,7 +16,7 @@ describe('minidalle CLI', () => {
     expect(stage).toMatchObject({ status: 'finished', stage: 'data', plugin: 'shapes-data' });
     const summary = JSON.parse(readFileSync(join(runDir, 'summary.json'), 'utf8'));
     expect(summary).toMatchObject({ train_count: 60, heldout_count: 12, train_shards: 3 });
-    const tars = readdirSync(join(runDir, 'out/train'));
+    const tars = readdirSync(join(runDir, 'out/train')).filter((f) => f.endsWith('.tar'));
     expect(tars).toEqual(['train-00000.tar', 'train-00001.tar', 'train-00002.tar']);
 
     const ls = cli(dir, ['ls']);

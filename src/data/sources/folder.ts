@@ -21,6 +21,16 @@ export class FolderSource implements DataSource {
 
   constructor(readonly description: string) {}
 
+  async estimateCount(): Promise<number | undefined> {
+    let n = 0;
+    try {
+      for await (const file of walk(this.description)) if (isImageExtension(extname(file).slice(1))) n++;
+    } catch {
+      return undefined; // items() reports the unreadable folder
+    }
+    return n;
+  }
+
   async *items(options: ReadOptions): AsyncGenerator<SourceItem, void, undefined> {
     const root = this.description;
     let files: AsyncGenerator<string>;

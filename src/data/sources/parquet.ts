@@ -48,6 +48,18 @@ export class ParquetSource implements DataSource {
     this.files = expandBraces(description);
   }
 
+  async estimateCount(): Promise<number | undefined> {
+    let total = 0;
+    for (const file of this.files) {
+      try {
+        total += Number((await parquetMetadataAsync(await asyncBufferFromFile(file))).num_rows);
+      } catch {
+        return undefined;
+      }
+    }
+    return total;
+  }
+
   async *items(options: ReadOptions): AsyncGenerator<SourceItem, void, undefined> {
     const c = this.columns;
     for (const file of this.files) {

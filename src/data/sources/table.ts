@@ -63,6 +63,18 @@ export class TableSource implements DataSource {
     else throw new DataSourceError(description, 'unknown table format: expected a .tsv, .csv or .jsonl file');
   }
 
+  /** Non-empty lines (less the header row of TSV/CSV): exact unless quoted CSV fields hold line breaks. */
+  async estimateCount(): Promise<number | undefined> {
+    let text: string;
+    try {
+      text = await readFile(this.description, 'utf8');
+    } catch {
+      return undefined;
+    }
+    const lines = text.split(/\r?\n/).filter((l) => l.trim() !== '').length;
+    return this.format === 'jsonl' ? lines : Math.max(0, lines - 1);
+  }
+
   private async *rows(): AsyncGenerator<{ line: number; row: Record<string, unknown> | undefined; error?: string }> {
     const file = this.description;
     const input = createReadStream(file, 'utf8');

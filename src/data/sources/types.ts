@@ -30,6 +30,11 @@ export interface DataSource {
   /** Path or pattern, used in error messages. */
   readonly description: string;
   items(options: ReadOptions): AsyncGenerator<SourceItem, void, undefined>;
+  /**
+   * How many items the source holds, when that is cheap to know without reading it (parquet metadata,
+   * table lines, folder listing, img2dataset `<shard>_stats.json`); undefined otherwise. For progress/ETA.
+   */
+  estimateCount(): Promise<number | undefined>;
 }
 
 export const IMAGE_EXTENSIONS = ['jpg', 'jpeg', 'png', 'webp'] as const;

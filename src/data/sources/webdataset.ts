@@ -1,4 +1,5 @@
 import { createReadStream } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import tar from 'tar-stream';
 import { expandBraces } from '../braces.js';
 import { DataSourceError, TruncatedShardError, UnsafeTarEntryError } from '../errors.js';
@@ -34,6 +35,21 @@ export class WebdatasetSource implements DataSource {
 
   constructor(readonly description: string) {
     this.shards = expandBraces(description);
+  }
+
+  /** img2dataset writes `<shard>_stats.json` with `successes` beside each shard; without them, unknown. */
+  async estimateCount(): Promise<number | undefined> {
+    let total = 0;
+    for (const shard of this.shards) {
+      try {
+        const stats = JSON.parse(await readFile(shard.replace(/\.tar$/, '_stats.json'), 'utf8')) as { successes?: unknown };
+        if (typeof stats.successes !== 'number') return undefined;
+        total += stats.successes;
+      } catch {
+        return undefined;
+      }
+    }
+    return total;
   }
 
   async *items(options: ReadOptions): AsyncGenerator<SourceItem, void, undefined> {
