@@ -5,10 +5,7 @@
 import { pathToFileURL } from 'node:url';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-
-interface Common {
-  verbose: boolean;
-}
+import { MinidalleError } from './core/errors.js';
 
 async function context() {
   const { loadProjectConfig } = await import('./core/config/project.js');
@@ -141,25 +138,31 @@ export function buildCli(argv: string[]) {
     .alias('h', 'help')
     .version()
     .wrap(Math.min(110, process.stdout.columns ?? 100))
-    .fail(false);
+    .fail((message, error) => {
+      // yargs reports bad usage (unknown command/option, missing argument) as a message; real errors pass through.
+      if (error) throw error;
+      throw new UsageError(message);
+    });
+}
+
+class UsageError extends MinidalleError {
+  override name = 'UsageError';
+  override exitCode = 2;
 }
 
 export async function main(argv: string[]): Promise<void> {
-  const verbose = argv.includes('--verbose');
   try {
     await buildCli(hideBin(['node', 'minidalle', ...argv])).parseAsync();
   } catch (err) {
     const e = err as Error & { exitCode?: number };
-    const known = e.name === 'ConfigError' || e.name === 'MinidalleError' || e.name === 'PluginError' || e.name === 'YError' || e.name?.endsWith('Error') && 'exitCode' in e;
-    const message = e.name === 'ConfigError' ? `invalid configuration:\n${e.message}` : e.message;
-    process.stderr.write(`error: ${message}\n`);
-    if (verbose && e.stack) process.stderr.write(`${e.stack}\n`);
-    else if (!known) process.stderr.write('(run with --verbose for the stack trace)\n');
-    if (e.name === 'YError') process.stderr.write('see `minidalle --help`\n');
-    process.exitCode = e.exitCode ?? (e.name === 'YError' ? 2 : 1);
+    const usage = e instanceof UsageError;
+    const ours = e instanceof MinidalleError;
+    process.stderr.write(`error: ${e.name === 'ConfigError' ? `invalid configuration:\n${e.message}` : e.message}\n`);
+    if (argv.includes('--verbose') && e.stack) process.stderr.write(`${e.stack}\n`);
+    else if (!ours && !usage) process.stderr.write('(run with --verbose for the stack trace)\n');
+    if (usage) process.stderr.write('see `minidalle --help`\n');
+    process.exitCode = e.exitCode ?? (usage ? 2 : 1);
   }
 }
-
-export type { Common };
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) void main(process.argv.slice(2));

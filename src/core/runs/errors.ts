@@ -12,7 +12,7 @@ export class RunNotFoundError extends RunStoreError {
     readonly query: string,
     readonly root: string,
   ) {
-    super(`no run matches '${query}' in ${root} (list runs to see their ids)`);
+    super(`no run matches '${query}' in ${root} (\`minidalle ls\` lists the runs)`);
   }
 }
 
