@@ -14,7 +14,7 @@ function readJson<T>(file: string, fallback: T): T {
   }
 }
 
-type Summary = Record<string, unknown> & { _best?: Record<string, { value: number; step: number }> };
+type Summary = Record<string, unknown> & { _best?: Record<string, { value: number; step: number; primary?: boolean }> };
 
 function summaryOf(store: RunStore, id: string): Summary {
   return readJson<Summary>(join(store.root, id, 'summary.json'), {});
@@ -27,8 +27,9 @@ function duration(r: RunRecord): string {
 }
 
 function keyMetric(r: RunRecord, s: Summary): string {
-  if (!r.key_metric) return '-';
-  return `${r.key_metric}=${formatValue(s[r.key_metric])}`;
+  // A running run has no key_metric in run.json yet; its summary marks the primary metric.
+  const name = r.key_metric ?? Object.entries(s._best ?? {}).find(([, b]) => b.primary)?.[0];
+  return name ? `${name}=${formatValue(s[name])}` : '-';
 }
 
 export function formatPlan(loaded: LoadedExperiment): string {
@@ -84,7 +85,7 @@ export async function showRun(root: string, idOrPrefix: string): Promise<string>
   }
   const artifacts = Object.entries(r.outputs?.artifacts ?? {});
   if (artifacts.length) out.push('', 'artifacts:', ...artifacts.map(([k, p]) => `  ${k}: ${join(run.dir, p)}`));
-  const metrics = Object.entries(s).filter(([k]) => k !== '_best');
+  const metrics = Object.entries(s).filter(([k]) => !k.startsWith('_'));
   if (metrics.length) out.push('', 'summary:', ...metrics.map(([k, v]) => `  ${k}: ${formatValue(v)}${s._best?.[k] ? `  (best ${formatValue(s._best[k]!.value)} at step ${s._best[k]!.step})` : ''}`));
   const checkpoints = await run.checkpoints().list();
   if (checkpoints.length) out.push('', `checkpoints: ${checkpoints.map((c) => `${c.runId === r.id ? '' : `${c.runId}/`}step-${c.step}`).join(', ')}`);
