@@ -28,7 +28,7 @@ export interface RunPipelineOptions {
   /** Executors by host name. */
   executors: Record<string, Executor>;
   board: ProgressBoard;
-  /** true: run every stage again; a list: those stages (and, as their inputs change, nothing else is forced). */
+  /** Run again from scratch (no reuse, no resume): every stage (true) or the named ones. */
   rerun?: boolean | string[];
   maxParallel?: number;
   /** Aborting it stops the pipeline gracefully (workers get SIGTERM and save a checkpoint). */
@@ -66,7 +66,8 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
   const store = new RunStore(project.runsDir);
   const secrets = secretValues();
   const git = gitState(project.projectDir);
-  const experimentPath = relative(project.projectDir, loaded.file).startsWith('..') ? loaded.file : relative(project.projectDir, loaded.file);
+  const inProject = relative(project.projectDir, loaded.file);
+  const experimentPath = inProject.startsWith('..') ? loaded.file : inProject;
   const pipeline = await store.create(
     {
       name: exp.name,
@@ -112,7 +113,8 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
         return;
       }
     }
-    const resumable = await store.findResumable(fingerprint);
+    // --rerun means from scratch: neither reuse a finished run nor resume an interrupted one.
+    const resumable = forced(name) ? undefined : await store.findResumable(fingerprint);
     const inputs = Object.fromEntries(stage.needs.map((n) => [n, outputs[n]!]));
     const run: RunHandle = await store.create(
       {
