@@ -46,6 +46,30 @@ describe('minidalle CLI', () => {
     expect(existsSync(join(dir, 'runs'))).toBe(false);
   });
 
+  it('validate refuses ten kinds of broken experiment, each with file:line and exit code 2', () => {
+    const broken: Record<string, [string, RegExp]> = {
+      'yaml.yaml': ['name: e\nstages:\n  a: { plugin: counter\n', /yaml\.yaml:\d+:\d+: invalid YAML/],
+      'key.yaml': ['name: e\nstagez: {}\nstages:\n  a: { plugin: counter }\n', /key\.yaml:2:1: stagez: unknown key 'stagez' — did you mean 'stages'\?/],
+      'type.yaml': ['name: e\nstages:\n  a:\n    plugin: counter\n    with: { steps: many }\n', /type\.yaml:5:\d+: stages\.a\.with\.steps: .*expected number/i],
+      'plugin.yaml': ['name: e\nstages:\n  a: { plugin: countr }\n', /plugin\.yaml:3:\d+: stages\.a\.plugin: unknown plugin 'countr' — did you mean 'counter'\?/],
+      'cycle.yaml': ['name: e\nstages:\n  a: { plugin: counter, needs: [b] }\n  b: { plugin: counter, needs: [a] }\n', /cycle\.yaml:3:\d+: stages\.a\.needs: stages form a cycle: a → b → a/],
+      'needs.yaml': ['name: e\nstages:\n  a: { plugin: counter, needs: [x] }\n', /needs\.yaml:3:\d+: stages\.a\.needs\[0\]: unknown stage 'x'/],
+      'ext1.yaml': ['extends: ext2.yaml\nname: e\n', /ext2\.yaml:1:\d+: extends: 'extends' forms a cycle/],
+      'host.yaml': ['name: e\nstages:\n  a: { plugin: counter, host: tpu-a }\n', /host\.yaml:3:\d+: stages\.a\.host: unknown host 'tpu-a'/],
+      'with.yaml': ['name: e\nstages:\n  a:\n    plugin: counter\n    with: { stepz: 1 }\n', /with\.yaml:5:\d+: stages\.a\.with\.stepz: unknown key 'stepz' — did you mean 'steps'\?/],
+      'env.yaml': ['name: e\nstages:\n  a: { plugin: counter, with: { steps: "${env:MINIDALLE_UNSET_VAR}" } }\n', /env\.yaml:3:\d+: .*MINIDALLE_UNSET_VAR is not set/],
+    };
+    const dir = project({ ...Object.fromEntries(Object.entries(broken).map(([f, [text]]) => [f, text])), 'ext2.yaml': 'extends: ext1.yaml\n' });
+    for (const [file, [, expected]] of Object.entries(broken)) {
+      const r = cli(dir, ['validate', file]);
+      expect(r.code, file).toBe(2);
+      expect(r.stderr, file).toMatch(expected);
+    }
+    const override = cli(dir, ['validate', 'plugin.yaml', 'stages.a.plugin=counter', 'stages.a.with.stepz=3']);
+    expect(override.code).toBe(2);
+    expect(override.stderr).toMatch(/command-line override 'stages\.a\.with\.stepz=3'/);
+  });
+
   it('plugins lists built-in and package plugins with their config fields', () => {
     const r = cli(project(), ['plugins']);
     expect(r.code).toBe(0);
