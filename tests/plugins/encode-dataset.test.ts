@@ -3,11 +3,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import encodeDataset, { EncodeDatasetConfig } from '../../plugins/encode-dataset/index.js';
-import { createStageContext } from '../../src/core/context.js';
 import { RunStore } from '../../src/core/runs/index.js';
 import { EncodedLoader } from '../../src/data/loader.js';
 import { DEFAULT_HELDOUT_COMBOS, generateShapes } from '../../src/data/shapes.js';
 import { initCompute } from '../../src/ml/backend.js';
+import { stageContext } from '../support/stage-context.js';
 import { saveVqgan, Vqgan } from '../../src/ml/models/vqgan.js';
 
 const TINY = { ch: 8, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], z_channels: 4, n_embed: 16, embed_dim: 4, resolution: 16, num_groups: 4 };
@@ -33,12 +33,7 @@ async function encode(store: RunStore, resumedFrom?: string, stopAfterCheckpoint
   const run = await store.create({ name: 'enc', kind: 'stage', stage: 'encode', plugin: 'encode-dataset', resumed_from: resumedFrom });
   const controller = new AbortController();
   const config = EncodeDatasetConfig.parse({ vqgan: vqganDir, sources: { train: trainPattern }, resolution: 16, batch_size: 4, rows_per_shard: 8 });
-  const { ctx } = createStageContext({
-    run, stage: 'encode', config, inputs: {}, seed: 0, signal: controller.signal,
-    logger: { info: () => {}, warn: () => {}, error: () => {} },
-    progress: { start: () => {}, tick: () => {}, end: () => {} },
-    meta: () => {},
-  });
+  const ctx = stageContext(run, { config, stage: 'encode', signal: controller.signal });
   let saved = 0;
   const save = ctx.checkpoints.save;
   ctx.checkpoints.save = async (...args) => {

@@ -9,7 +9,7 @@ import { checkPluginShape } from '../../src/core/plugins/registry.js';
 import { generateShapes, DEFAULT_HELDOUT_COMBOS } from '../../src/data/shapes.js';
 import { loadVqgan, saveVqgan, Vqgan } from '../../src/ml/models/vqgan.js';
 import { initCompute } from '../../src/ml/backend.js';
-import { stageContext } from './vqgan-context.js';
+import { stageContext } from '../support/stage-context.js';
 
 let root: string;
 let train: string;
