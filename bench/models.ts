@@ -5,23 +5,29 @@
  * conv and matmul in the forward pass (a training step is then ~3× that).
  */
 import { sparseSoftmaxCrossEntropy, stopGradient, straightThrough, tf, upsampleNearest2x } from '../src/ml/backend.js';
+import { Params } from '../src/ml/params.js';
 import { randomValues } from '../src/ml/selfcheck.js';
 
 export interface Workload {
   name: string;
   /** Forward-pass FLOPs of one batch. */
   forwardFlops: number;
-  params: tf.Variable[];
+  params: Params;
   loss: () => tf.Scalar;
   dispose: () => void;
 }
 
 let seed = 1;
-function param(shape: number[], scale: number): tf.Variable {
-  const v = tf.tensor(randomValues(tf.util.sizeFromShape(shape), seed++), shape);
-  const p = tf.variable(tf.mul(v, scale));
-  v.dispose();
-  return p;
+/** A parameter factory for one workload: uniform(−scale, scale) values, or `ones` for norm scales. */
+function paramFactory(params: Params): (shape: number[], scale: number | 'ones') => tf.Variable {
+  return (shape, scale) => {
+    const name = `w${params.names().length}`;
+    if (scale === 'ones') return params.add(name, tf.ones(shape));
+    const v = tf.tensor(randomValues(tf.util.sizeFromShape(shape), seed++), shape);
+    const p = params.add(name, tf.mul(v, scale));
+    v.dispose();
+    return p;
+  };
 }
 
 // ---------------------------------------------------------------- VQ autoencoder
@@ -36,12 +42,12 @@ export interface VqConfig {
 export const VQ_REFERENCE: VqConfig = { batch: 8, size: 64, channels: [32, 64, 128], codebook: 512, codeDim: 64, groups: 8 };
 
 export function vqAutoencoder(cfg: VqConfig = VQ_REFERENCE): Workload {
-  const params: tf.Variable[] = [];
+  const params = new Params();
+  const param = paramFactory(params);
   let flops = 0;
   const conv = (ci: number, co: number, k: number, hw: number, stride = 1) => {
     const w = param([k, k, ci, co], 1 / Math.sqrt(k * k * ci));
     const b = param([co], 0);
-    params.push(w, b);
     const out = Math.floor(hw / stride);
     flops += 2 * cfg.batch * out * out * k * k * ci * co;
     return (x: tf.Tensor4D): tf.Tensor4D =>
@@ -49,8 +55,7 @@ export function vqAutoencoder(cfg: VqConfig = VQ_REFERENCE): Workload {
   };
   const norm = (c: number) => {
     const g = param([c], 0);
-    const gamma = tf.variable(tf.ones([c]));
-    params.push(gamma, g);
+    const gamma = param([c], 'ones');
     return (x: tf.Tensor4D): tf.Tensor4D => {
       const [n, h, w] = x.shape;
       const r = tf.reshape(x, [n, h, w, cfg.groups, c / cfg.groups]);
@@ -68,7 +73,6 @@ export function vqAutoencoder(cfg: VqConfig = VQ_REFERENCE): Workload {
   const s = cfg.size;
   const encoder = [conv(3, c0, 3, s), resBlock(c0, s), conv(c0, c1, 4, s, 2), resBlock(c1, s / 2), conv(c1, c2, 4, s / 2, 2), resBlock(c2, s / 4), conv(c2, cfg.codeDim, 1, s / 4)];
   const codebook = param([cfg.codebook, cfg.codeDim], 1);
-  params.push(codebook);
   const codes = cfg.batch * (s / 4) * (s / 4);
   flops += 2 * codes * cfg.codebook * cfg.codeDim; // distances
   const up1 = conv(c2, c1, 3, s / 2);
@@ -91,7 +95,7 @@ export function vqAutoencoder(cfg: VqConfig = VQ_REFERENCE): Workload {
     const recon = convOut(silu(outNorm(y)));
     return tf.add(tf.mean(tf.abs(tf.sub(recon, images))), vq) as tf.Scalar;
   };
-  return { name: 'vq-autoencoder', forwardFlops: flops, params, loss, dispose: () => tf.dispose([...params, images]) };
+  return { name: 'vq-autoencoder', forwardFlops: flops, params, loss, dispose: () => { params.dispose(); images.dispose(); } };
 }
 
 // ---------------------------------------------------------------- BART seq2seq
@@ -108,7 +112,8 @@ export interface BartConfig {
 export const BART_REFERENCE: BartConfig = { batch: 8, layers: 4, dModel: 256, heads: 4, ffn: 1024, textLen: 64, imageLen: 256, vocab: 16384 };
 
 export function bart(cfg: BartConfig = BART_REFERENCE): Workload {
-  const params: tf.Variable[] = [];
+  const params = new Params();
+  const param = paramFactory(params);
   const constants: tf.Tensor[] = [];
   let flops = 0;
   const { batch: B, dModel: d, heads: H } = cfg;
@@ -116,14 +121,12 @@ export function bart(cfg: BartConfig = BART_REFERENCE): Workload {
   const dense = (din: number, dout: number, rows: number) => {
     const w = param([din, dout], 1 / Math.sqrt(din));
     const b = param([dout], 0);
-    params.push(w, b);
     flops += 2 * rows * din * dout;
     return (x: tf.Tensor2D): tf.Tensor2D => tf.add(tf.matMul(x, w), b) as tf.Tensor2D;
   };
   const layerNorm = () => {
-    const gamma = tf.variable(tf.ones([d]));
+    const gamma = param([d], 'ones');
     const beta = param([d], 0);
-    params.push(gamma, beta);
     return (x: tf.Tensor2D): tf.Tensor2D => {
       const { mean, variance } = tf.moments(x, -1, true);
       return tf.add(tf.mul(tf.div(tf.sub(x, mean), tf.sqrt(tf.add(variance, 1e-5))), gamma), beta) as tf.Tensor2D;
@@ -151,7 +154,6 @@ export function bart(cfg: BartConfig = BART_REFERENCE): Workload {
   const embed = (len: number) => {
     const tok = param([cfg.vocab, d], 0.02);
     const pos = param([len, d], 0.02);
-    params.push(tok, pos);
     return (ids: tf.Tensor2D): tf.Tensor2D => tf.reshape(tf.add(tf.gather(tok, ids), pos), [B * len, d]) as tf.Tensor2D;
   };
   const te = cfg.textLen;
@@ -182,5 +184,5 @@ export function bart(cfg: BartConfig = BART_REFERENCE): Workload {
     const logits = head(y); // (B·T, vocab)
     return tf.mean(sparseSoftmaxCrossEntropy(logits, labels));
   };
-  return { name: 'bart', forwardFlops: flops, params, loss, dispose: () => tf.dispose([...params, ...constants, text, image, labels]) };
+  return { name: 'bart', forwardFlops: flops, params, loss, dispose: () => { params.dispose(); tf.dispose([...constants, text, image, labels]); } };
 }

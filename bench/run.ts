@@ -11,6 +11,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initCompute, tf, type ComputeInfo } from '../src/ml/backend.js';
+import { AdamW, disposeGrads, valueAndGrads } from '../src/ml/optim/index.js';
 import { randomTensor } from '../src/ml/selfcheck.js';
 import { benchData } from './data.js';
 import { BART_REFERENCE, bart, VQ_REFERENCE, vqAutoencoder, type Workload } from './models.js';
@@ -112,13 +113,16 @@ function benchConv(backend: string, quick: boolean): Row[] {
 
 function benchTraining(make: () => Workload, backend: string, steps: number): Row {
   const w = make();
-  const opt = tf.train.adam(1e-4);
+  // Our AdamW (no decay = Adam), as the plugins train; the PyTorch peer uses torch.optim.Adam.
+  const opt = new AdamW({ learningRate: 1e-4, weightDecay: 0 });
   const times: number[] = [];
   let afterTwo = 0;
   let loss = Number.NaN;
   for (let i = 0; i < steps; i++) {
     const t0 = performance.now();
-    const l = opt.minimize(w.loss, true, w.params)!;
+    const { loss: l, grads } = valueAndGrads(w.params, w.loss);
+    opt.apply(w.params, grads);
+    disposeGrads(grads);
     loss = l.dataSync()[0] as number;
     l.dispose();
     times.push(performance.now() - t0);

@@ -3,12 +3,16 @@
  * instance and one place that decides the backend:
  *   tfjs-node (if installed) → wasm + our training kernels → cpu (pure JS, tiny checks only).
  * `MINIDALLE_BACKEND` or `options.backend` forces one; a forced backend that cannot load is an error.
+ * On wasm, matmuls and convs go to the native OpenBLAS kernels when they are built (kernels/native.ts;
+ * `MINIDALLE_NATIVE=auto|off|require`), on `MINIDALLE_THREADS` threads (default: every core).
  */
 import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { registerCoreGradients } from './kernels/gradients.js';
 import { installCpuKernels, installGradientFixes, installWasmKernels } from './kernels/index.js';
+import { loadNativeKernels, nativeMode, useNativeKernels } from './kernels/native.js';
 
 export { tf };
 export { sparseSoftmaxCrossEntropy, stopGradient, straightThrough, upsampleNearest2x } from './kernels/index.js';
@@ -19,17 +23,24 @@ export interface ComputeOptions {
   /** Force a backend instead of the best available one. Default: env MINIDALLE_BACKEND, else auto. */
   backend?: BackendName;
   /**
-   * wasm threads. Only 1: tfjs' Node build of the wasm backend never starts threads, and a patched
-   * threaded build measured only 1.1–1.2× end to end and kept the process from exiting.
+   * Threads of the native kernels. Default: env MINIDALLE_THREADS, else every core. The wasm module
+   * itself always runs on one: tfjs' Node build of it never starts threads, and a patched threaded
+   * build measured only 1.1–1.2× end to end and kept the process from exiting.
    */
   threads?: number;
   /** Compare our wasm kernels with the cpu backend at start-up (< 1 s). Default true. */
   selfCheck?: boolean;
 }
 
+/** The native kernels' state on the wasm backend: in use (which BLAS, how many threads), or why not. */
+export type NativeInfo = { active: true; blas: string; core: string; threads: number } | { active: false; reason: string };
+
 export interface ComputeInfo {
   backend: BackendName;
+  /** Threads doing the heavy ops: the native kernels' threads when active, else 1. */
   threads: number;
+  /** Only on wasm. */
+  native?: NativeInfo;
   /** tfjs-core version. */
   version: string;
   /** Names of the kernels minidalle registered on this backend. */
@@ -67,10 +78,7 @@ async function loadNode(): Promise<boolean> {
   }
 }
 
-async function loadWasm(threads: number): Promise<void> {
-  if (threads !== 1) {
-    throw new ComputeBackendError(`threads: ${threads} is not supported by the wasm backend here (tfjs runs wasm single-threaded in Node); use threads: 1`);
-  }
+async function loadWasm(): Promise<void> {
   const wasm = await import('@tensorflow/tfjs-backend-wasm');
   if (tf.findBackendFactory('wasm') == null) throw new ComputeBackendError('@tensorflow/tfjs-backend-wasm loaded but did not register the wasm backend');
   // The .wasm binaries ship in the package; point tfjs at them on disk so nothing is fetched.
@@ -87,11 +95,11 @@ async function loadCpu(): Promise<void> {
   if (cpu && 'firstUse' in cpu) cpu.firstUse = false;
 }
 
-async function activate(name: BackendName, threads: number): Promise<boolean> {
+async function activate(name: BackendName): Promise<boolean> {
   if (name === 'node') {
     if (!(await loadNode())) return false;
   } else if (name === 'wasm') {
-    await loadWasm(threads);
+    await loadWasm();
   } else {
     await loadCpu();
   }
@@ -112,19 +120,52 @@ function requested(options: ComputeOptions): BackendName | undefined {
   return choice as BackendName;
 }
 
+function requestedThreads(options: ComputeOptions): number {
+  const fromEnv = process.env['MINIDALLE_THREADS'];
+  if (options.threads === undefined && (fromEnv === undefined || fromEnv === '')) return availableParallelism();
+  const n = options.threads ?? Number(fromEnv);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new ComputeBackendError(`${options.threads !== undefined ? 'options.threads' : 'MINIDALLE_THREADS'} is '${options.threads ?? fromEnv}'; expected a whole number ≥ 1`);
+  }
+  return n;
+}
+
+/** On wasm: switch the native kernels on when built (and wanted); absence is an error only under MINIDALLE_NATIVE=require. */
+function setUpNative(threads: number): NativeInfo {
+  const mode = nativeMode();
+  if (mode === 'off') {
+    useNativeKernels(false);
+    return { active: false, reason: 'MINIDALLE_NATIVE=off' };
+  }
+  const status = loadNativeKernels();
+  if (!status.available) {
+    if (mode === 'require') throw new ComputeBackendError(`MINIDALLE_NATIVE=require, but the native kernels are unavailable: ${status.reason}`);
+    return { active: false, reason: status.reason };
+  }
+  useNativeKernels(true, threads);
+  return { active: true, blas: status.blas, core: status.core, threads };
+}
+
+/** One line for logs: "wasm + native OpenBLAS 0.3.21 (Zen, 2 threads)" or "wasm, 1 thread (native kernels: …)". */
+export function describeCompute(info: ComputeInfo): string {
+  if (info.native?.active) return `${info.backend} + native ${info.native.blas.split(' ').slice(0, 2).join(' ')} (${info.native.core}, ${info.native.threads} thread${info.native.threads === 1 ? '' : 's'})`;
+  const base = `${info.backend}, ${info.threads} thread${info.threads === 1 ? '' : 's'}`;
+  return info.native ? `${base} (native kernels not in use: ${info.native.reason})` : base;
+}
+
 async function init(options: ComputeOptions): Promise<ComputeInfo> {
-  const threads = options.threads ?? 1;
+  const threads = requestedThreads(options);
   const forced = requested(options);
   let backend: BackendName | undefined;
   if (forced !== undefined) {
-    if (!(await activate(forced, threads))) {
+    if (!(await activate(forced))) {
       throw new ComputeBackendError(`backend '${forced}' was requested but @tensorflow/tfjs-node is not installed (it needs libtensorflow, downloaded at install time); unset MINIDALLE_BACKEND or choose wasm`);
     }
     backend = forced;
   } else {
     for (const name of BACKENDS) {
       if (name === 'node' && !(await loadNode())) continue;
-      await activate(name, threads);
+      await activate(name);
       backend = name;
       break;
     }
@@ -136,11 +177,14 @@ async function init(options: ComputeOptions): Promise<ComputeInfo> {
   await loadCpu();
   const cpuKernels = installCpuKernels();
   const kernels = backend === 'wasm' ? installWasmKernels() : backend === 'cpu' ? cpuKernels : [];
+  const native = backend === 'wasm' ? setUpNative(threads) : undefined;
   if (backend === 'wasm' && options.selfCheck !== false) {
     const { selfCheck } = await import('./selfcheck.js');
     await selfCheck();
   }
-  return { backend, threads: backend === 'wasm' ? threads : 1, version: tf.version_core, kernels };
+  const info: ComputeInfo = { backend, threads: native?.active ? native.threads : 1, version: tf.version_core, kernels };
+  if (native) info.native = native;
+  return info;
 }
 
 /**

@@ -73,6 +73,11 @@ function conv(x: number[], f: number[], strides: number, pad: 'same' | 'valid' |
   const name = `x ${x.join('×')} filter ${f.join('×')} stride ${strides} pad ${JSON.stringify(pad)}`;
   return [
     {
+      kernel: 'Conv2D',
+      name,
+      run: () => tf.conv2d(randomTensor(x, seed + 4) as tf.Tensor4D, randomTensor(f, seed + 5) as tf.Tensor4D, strides, pad),
+    },
+    {
       kernel: 'Conv2DBackpropFilter',
       name,
       run: () =>
@@ -101,6 +106,8 @@ export function selfCheckCases(): KernelCase[] {
     ...conv([2, 7, 6, 3], [3, 3, 3, 4], 1, 'same', 11),
     ...conv([2, 8, 8, 3], [4, 4, 3, 5], 2, [[0, 0], [1, 1], [1, 1], [0, 0]], 21),
     ...conv([1, 9, 7, 2], [3, 3, 2, 3], 2, 'valid', 31),
+    ...conv([2, 5, 4, 6], [1, 1, 6, 3], 1, 'valid', 61), // pointwise: no im2col in the native path
+    ...conv([1, 6, 6, 4], [1, 1, 4, 2], 2, 'valid', 71),
     {
       kernel: 'UnsortedSegmentSum',
       name: 'x 6×5, 4 segments, one id out of range',
@@ -111,6 +118,7 @@ export function selfCheckCases(): KernelCase[] {
     matmul([3, 4, 6], [6, 5], false, false, 53),
     matmul([2, 3, 6, 4], [2, 3, 5, 6], true, true, 54),
     matmul([1, 4, 6], [3, 6, 5], false, false, 55),
+    matmul([3, 6, 4], [6, 5], true, false, 56),
   ];
 }
 

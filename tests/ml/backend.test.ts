@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { ComputeBackendError, computeInfo, initCompute, tf } from '../../src/ml/backend.js';
+import { availableParallelism } from 'node:os';
+import { ComputeBackendError, computeInfo, describeCompute, initCompute, tf } from '../../src/ml/backend.js';
 import { CPU_KERNELS } from '../../src/ml/kernels/index.js';
+import { loadNativeKernels } from '../../src/ml/kernels/native.js';
 import { KernelSelfCheckError, selfCheck } from '../../src/ml/selfcheck.js';
 
 // One process per test file (vitest forks), so the order below is the life of one process.
@@ -24,8 +26,21 @@ describe('initCompute', () => {
 
   it('falls back to wasm with our kernels, runs the self-check, and is idempotent', async () => {
     const info = await initCompute();
-    expect(info).toMatchObject({ backend: 'wasm', threads: 1, version: tf.version_core });
-    expect(info.kernels).toEqual(['Conv2DBackpropFilter', 'Conv2DBackpropInput', 'UnsortedSegmentSum', 'BatchMatMul']);
+    expect(info).toMatchObject({ backend: 'wasm', version: tf.version_core });
+    expect(info.kernels).toEqual([
+      'Conv2D', 'Conv2DBackpropFilter', 'Conv2DBackpropInput', 'UnsortedSegmentSum', 'BatchMatMul', 'Identity', 'Cast', 'Sum',
+      'Tanh', 'Exp', 'Erf', 'Sigmoid', 'MinidalleSparseXent', 'MinidalleSparseXentGrad', 'MinidalleAdamW',
+    ]);
+    // The native kernels are used when built; CI builds them and sets MINIDALLE_NATIVE=require.
+    const native = loadNativeKernels();
+    if (native.available) {
+      expect(info.native).toMatchObject({ active: true, blas: native.blas, threads: availableParallelism() });
+      expect(info.threads).toBe(availableParallelism());
+      expect(describeCompute(info)).toMatch(/^wasm \+ native OpenBLAS [\d.]+ \(.+, \d+ threads?\)$/);
+    } else {
+      expect(info).toMatchObject({ threads: 1, native: { active: false, reason: native.reason } });
+      expect(describeCompute(info)).toMatch(/native kernels not in use: not built/);
+    }
     expect(tf.getBackend()).toBe('wasm');
     for (const k of info.kernels) expect(tf.getKernel(k, 'wasm')).toBeDefined();
     expect(await initCompute()).toBe(info);
@@ -43,7 +58,7 @@ describe('initCompute', () => {
 describe('selfCheck', () => {
   it('passes for the registered kernels and reports every case', async () => {
     const results = await selfCheck();
-    expect(new Set(results.map((r) => r.kernel))).toEqual(new Set(['Conv2DBackpropFilter', 'Conv2DBackpropInput', 'UnsortedSegmentSum', 'BatchMatMul']));
+    expect(new Set(results.map((r) => r.kernel))).toEqual(new Set(['Conv2D', 'Conv2DBackpropFilter', 'Conv2DBackpropInput', 'UnsortedSegmentSum', 'BatchMatMul']));
     for (const r of results) expect(r.relativeError).toBeLessThan(1e-4);
   });
 

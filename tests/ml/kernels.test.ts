@@ -1,5 +1,8 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initCompute, sparseSoftmaxCrossEntropy, stopGradient, straightThrough, tf, upsampleNearest2x } from '../../src/ml/backend.js';
+import { loadNativeKernels, nativeMode, useNativeKernels } from '../../src/ml/kernels/native.js';
+import { AdamW, disposeGrads, type Grads } from '../../src/ml/optim/index.js';
+import { Params } from '../../src/ml/params.js';
 import { randomTensor, relativeError, runOn } from '../../src/ml/selfcheck.js';
 
 const TOL = 1e-4;
@@ -8,6 +11,20 @@ beforeAll(async () => {
   await initCompute({ backend: 'wasm', selfCheck: false });
   await import('@tensorflow/tfjs-backend-cpu');
 });
+
+/**
+ * Matmul and conv kernels have two paths on wasm: ours over XNNPACK, and the native OpenBLAS one. Both
+ * are checked; the native one is skipped only where it is not built and not required (CI requires it).
+ */
+const nativeBuilt = loadNativeKernels().available || nativeMode() === 'require';
+function forEachPath(body: () => void): void {
+  for (const path of ['wasm', 'native'] as const) {
+    (path === 'native' && !nativeBuilt ? describe.skip : describe)(`${path} path`, () => {
+      beforeAll(() => useNativeKernels(path === 'native', 2));
+      body();
+    });
+  }
+}
 
 /** Runs `fn` on wasm and on cpu; every output must agree within TOL (relative to the cpu output). */
 async function expectSameOnWasmAndCpu(fn: () => tf.Tensor | tf.Tensor[]): Promise<number> {
@@ -39,11 +56,14 @@ const convCases: { x: [number, number, number, number]; f: [number, number, numb
   { x: [2, 12, 11, 2], f: [5, 3, 2, 3], stride: 3, pad: 'same' },
 ];
 
-describe('Conv2D gradient kernels on wasm match cpu', () => {
+describe('Conv2D and its gradient kernels on wasm match cpu', () => forEachPath(() => {
   for (const [i, c] of convCases.entries()) {
     const name = `x ${c.x.join('×')} filter ${c.f.join('×')} stride ${c.stride} pad ${JSON.stringify(c.pad)}`;
     const outShape = tf.backend_util.computeConv2DInfo(c.x, c.f, c.stride, 1, c.pad, 'floor').outShape;
     const attrs = { strides: c.stride, pad: c.pad, dataFormat: 'NHWC', dimRoundingMode: 'floor' };
+    it(`Conv2D ${name}`, async () => {
+      await expectSameOnWasmAndCpu(() => tf.conv2d(randomTensor(c.x, 500 + i) as tf.Tensor4D, randomTensor(c.f, 600 + i) as tf.Tensor4D, c.stride, c.pad));
+    });
     it(`Conv2DBackpropFilter ${name}`, async () => {
       await expectSameOnWasmAndCpu(
         () => tf.engine().runKernel('Conv2DBackpropFilter', { x: randomTensor(c.x, 100 + i), dy: randomTensor(outShape, 200 + i) }, { ...attrs, filterShape: c.f }) as tf.Tensor,
@@ -55,9 +75,9 @@ describe('Conv2D gradient kernels on wasm match cpu', () => {
       );
     });
   }
-});
+}));
 
-describe('BatchMatMul on wasm matches cpu', () => {
+describe('BatchMatMul on wasm matches cpu', () => forEachPath(() => {
   const cases: [number[], number[], boolean, boolean][] = [
     [[5, 7], [7, 3], false, false],
     [[5, 7], [3, 7], false, true],
@@ -103,7 +123,7 @@ describe('BatchMatMul on wasm matches cpu', () => {
       expect(relativeError(gb!.values, tb!.values)).toBeLessThan(TOL);
     }
   });
-});
+}));
 
 describe('UnsortedSegmentSum on wasm matches cpu', () => {
   it('float rows, repeated and out-of-range ids', async () => {
@@ -127,7 +147,7 @@ function groupNorm(x: tf.Tensor4D, groups: number): tf.Tensor4D {
   return tf.reshape(tf.div(tf.sub(g, mean), tf.sqrt(tf.add(variance, 1e-5))), [n, h, w, c]);
 }
 
-describe('whole-model gradients on wasm match cpu', () => {
+describe('whole-model gradients on wasm match cpu', () => forEachPath(() => {
   it('small conv autoencoder (stride-2 down, nearest 2× up, GroupNorm, SiLU)', async () => {
     await expectSameOnWasmAndCpu(() => {
       const x = randomTensor([2, 8, 8, 3], 11) as tf.Tensor4D;
@@ -168,7 +188,7 @@ describe('whole-model gradients on wasm match cpu', () => {
       return tf.grads(loss)(params);
     });
   });
-});
+}));
 
 describe('stopGradient and the straight-through estimator', () => {
   it('stopGradient passes the value and blocks the gradient', () => {
@@ -210,7 +230,7 @@ describe('stopGradient and the straight-through estimator', () => {
   });
 });
 
-describe('sparseSoftmaxCrossEntropy', () => {
+describe('sparseSoftmaxCrossEntropy', () => forEachPath(() => {
   it('matches the dense one-hot softmax cross-entropy in value and gradient, on wasm and cpu', async () => {
     for (const backend of ['wasm', 'cpu']) {
       const [loss, grad, refLoss, refGrad] = await runOn(backend, () => {
@@ -225,6 +245,101 @@ describe('sparseSoftmaxCrossEntropy', () => {
       expect(relativeError(loss!.values, refLoss!.values)).toBeLessThan(TOL);
       expect(relativeError(grad!.values, refGrad!.values)).toBeLessThan(TOL);
     }
+  });
+
+  it('at a 16k vocabulary with large logits (the native kernel vectorises exp)', async () => {
+    await expectSameOnWasmAndCpu(() => {
+      const logits = tf.mul(randomTensor([3, 16384], 93), 30) as tf.Tensor2D;
+      const labels = tf.tensor1d([0, 16383, 777], 'int32');
+      const w = randomTensor([3], 94);
+      const ours = (x: tf.Tensor) => tf.sum(tf.mul(sparseSoftmaxCrossEntropy(x as tf.Tensor2D, labels), w));
+      return [sparseSoftmaxCrossEntropy(logits, labels), tf.grad(ours)(logits)];
+    });
+  });
+}));
+
+describe('memory-bound kernels on wasm match cpu', () => forEachPath(() => {
+  const sums: [number[], number | number[], boolean][] = [
+    [[6, 5], 0, false], // bias gradient: leading axis
+    [[6, 5], 1, true], // trailing axis
+    [[2, 3, 4, 5], [1, 2], false], // middle, contiguous
+    [[2, 3, 4, 5], [0, 1, 2, 3], false], // everything
+    [[2, 3, 4, 5], [0, 2], true], // not contiguous: the stock kernel
+    [[4, 70001], -1, false], // long rows: the 8-lane accumulators and the tail
+  ];
+  for (const [shape, axis, keepDims] of sums) {
+    it(`Sum ${shape.join('×')} over ${JSON.stringify(axis)}${keepDims ? ' keepDims' : ''}`, async () => {
+      await expectSameOnWasmAndCpu(() => tf.sum(randomTensor(shape, shape.length * 13), axis, keepDims));
+    });
+  }
+  for (const [name, op] of [['tanh', tf.tanh], ['exp', tf.exp], ['erf', tf.erf], ['sigmoid', tf.sigmoid]] as const) {
+    it(`${name} over 1001 values in [−8, 8], and its gradient`, async () => {
+      await expectSameOnWasmAndCpu(() => {
+        const x = tf.mul(randomTensor([7, 143], 95), 8);
+        return [op(x), tf.grad((t: tf.Tensor) => tf.sum(op(t)))(x)];
+      });
+    });
+  }
+
+  it('Identity and same-dtype Cast share the data (no copy) and survive the source being disposed', async () => {
+    const [got] = await runOn('wasm', () => {
+      const x = randomTensor([4, 3], 96);
+      const alias = tf.clone(x);
+      const cast = tf.cast(x, 'float32');
+      x.dispose();
+      return tf.add(alias, cast);
+    });
+    const [want] = await runOn('cpu', () => tf.mul(randomTensor([4, 3], 96), 2));
+    expect(relativeError(got!.values, want!.values)).toBe(0);
+  });
+
+  it('Cast to another dtype still converts', async () => {
+    const [got] = await runOn('wasm', () => tf.cast(tf.tensor1d([1.7, -2.2, 3]), 'int32'));
+    expect([...got!.values]).toEqual([1, -2, 3]);
+  });
+}));
+
+describe('fused AdamW kernel', () => {
+  it.skipIf(!nativeBuilt)('matches the tf-op AdamW on wasm over 3 steps, with and without decay', async () => {
+    const run = (native: boolean): Float32Array[] => {
+      useNativeKernels(native, 2);
+      const p = new Params();
+      p.add('a.weight', tf.tidy(() => tf.mul(randomTensor([33, 17], 97), 0.5)));
+      p.add('a.bias', randomTensor([17], 98));
+      const opt = new AdamW({ learningRate: (s) => 0.05 / (1 + s), beta1: 0.8, beta2: 0.95, eps: 1e-6, weightDecay: 0.2, decayMask: (n) => n.endsWith('.weight') });
+      for (let s = 0; s < 3; s++) {
+        const g: Grads = new Map([['a.weight', randomTensor([33, 17], 100 + s)], ['a.bias', randomTensor([17], 200 + s)]]);
+        opt.apply(p, g);
+        disposeGrads(g);
+      }
+      const out = [p.get('a.weight'), p.get('a.bias')].map((v) => Float32Array.from(v.dataSync()));
+      const slots = opt.state().tensors;
+      out.push(...[...slots.values()].map((t) => Float32Array.from(t.dataSync())));
+      tf.dispose([...slots.values()]);
+      opt.dispose();
+      p.dispose();
+      return out;
+    };
+    const before = tf.memory().numTensors;
+    const fused = run(true);
+    const plain = run(false);
+    expect(tf.memory().numTensors).toBe(before);
+    expect(fused.length).toBe(6); // two parameters, m and v of each
+    fused.forEach((f, i) => expect(relativeError(f, plain[i]!), `tensor ${i}`).toBeLessThan(1e-5));
+  });
+});
+
+describe('native kernels refuse out-of-heap offsets', () => {
+  it.skipIf(!nativeBuilt)('with an error, never a wild read or write', () => {
+    const status = loadNativeKernels();
+    if (!status.available) throw new Error(status.reason);
+    const heap = new ArrayBuffer(64 * 4);
+    expect(() => status.kernels.sgemm(heap, false, false, 4, 4, 4, 1, 0, 0, 16, 0, 60)).toThrow(/outside the heap/);
+    expect(() => status.kernels.conv2d(heap, 0, 0, 10, 1, 8, 8, 1, 8, 8, 1, 3, 3, 1, 1, 1, 1, 1, 1)).toThrow(/outside the heap/);
+    expect(() => status.kernels.sum(heap, 0, 0, 1, 65, 1)).toThrow(/outside the heap/);
+    expect(() => status.kernels.sparseXent(heap, 0, 0, 0, 0, 2, 64)).toThrow(/outside the heap/);
+    expect(() => status.kernels.adamw(heap, 0, 0, 0, 0, 0, 0, 60, 8, 1, 0.9, 0.99, 1, 1, 1e-8, 0)).toThrow(/outside the heap/);
+    expect(() => status.kernels.unary(heap, 0, 0, -1, 4)).toThrow(/outside the heap/);
   });
 });
 
@@ -274,7 +389,7 @@ describe('ResizeNearestNeighborGrad', () => {
   }
 });
 
-describe('memory', () => {
+describe('memory', () => forEachPath(() => {
   it('repeated Adam steps through every kernel do not grow numTensors', () => {
     const wc = tf.variable(tf.mul(randomTensor([3, 3, 2, 4], 71), 0.3));
     const wd = tf.variable(tf.mul(randomTensor([4, 4, 4, 4], 72), 0.3));
@@ -303,4 +418,4 @@ describe('memory', () => {
     opt.dispose();
     tf.dispose([wc, wd, emb, x, ids]);
   });
-});
+}));

@@ -3,9 +3,11 @@
  * a@b; transposed operands (every weight gradient) and batches (attention) fall to a slow loop. Here
  * every case is reduced to that fast one: transposes are materialised, a batch with a shared b is
  * flattened into one tall matmul, and other batches run one 2-D matmul per batch on heap copies.
+ * With the native kernels loaded, OpenBLAS does every case in place instead (transposes included).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { KernelScope, WasmKernelError, withScope } from './wasm-heap.js';
+import { type NativeKernels, nativeKernels } from './native.js';
+import { asWasmBackend, floatOffset, heapBuffer, KernelScope, WasmKernelError, withScope } from './wasm-heap.js';
 
 /** For each output batch index, the index into a batch of shape `dims` broadcast to `outDims`. */
 function broadcastIndex(dims: number[], outDims: number[]): number[] {
@@ -31,9 +33,51 @@ function broadcastIndex(dims: number[], outDims: number[]): number[] {
 }
 
 function heapOffset(s: KernelScope, info: tf.TensorInfo): number {
-  const entry = s.backend.dataIdMap.get(info.dataId);
-  if (entry == null) throw new WasmKernelError('BatchMatMul', 'tensor data is not on the wasm heap');
-  return entry.memoryOffset / 4; // float32 index into HEAPF32
+  return floatOffset(s.backend, info, 'BatchMatMul');
+}
+
+interface MatMulShape {
+  a: tf.TensorInfo;
+  b: tf.TensorInfo;
+  transposeA: boolean;
+  transposeB: boolean;
+  m: number;
+  n: number;
+  k: number;
+  outerA: number[];
+  outerB: number[];
+  outer: number[];
+}
+
+/** Every batch as OpenBLAS sgemm calls on the heap, in place. */
+function nativeBatchMatMul(native: NativeKernels, backendObj: unknown, p: MatMulShape): tf.TensorInfo {
+  const backend = asWasmBackend(backendObj);
+  const { m, n, k } = p;
+  const batchA = tf.util.sizeFromShape(p.outerA);
+  const batchB = tf.util.sizeFromShape(p.outerB);
+  const batch = tf.util.sizeFromShape(p.outer);
+  const out = backend.makeOutput([...p.outer, m, n], 'float32');
+  if (batch * m * n === 0) return out;
+  const heap = heapBuffer(backend); // after makeOutput: it may have grown the heap
+  const aOff = floatOffset(backend, p.a, 'BatchMatMul');
+  const bOff = floatOffset(backend, p.b, 'BatchMatMul');
+  const cOff = floatOffset(backend, out, 'BatchMatMul');
+  if (k === 0) {
+    new Float32Array(heap, cOff * 4, batch * m * n).fill(0);
+  } else if (batchB === 1 && !p.transposeA) {
+    // a's batches stack into one tall [batch·m, k] matrix against the shared b.
+    native.sgemm(heap, false, p.transposeB, batch * m, n, k, 1, aOff, 0, bOff, 0, cOff);
+  } else if ((batchA === 1 || batchA === batch) && (batchB === 1 || batchB === batch)) {
+    native.sgemm(heap, p.transposeA, p.transposeB, m, n, k, batch, aOff, batchA === 1 ? 0 : m * k, bOff, batchB === 1 ? 0 : k * n, cOff);
+  } else {
+    // Both sides broadcast (e.g. [2,1] with [1,3]): one product per output batch.
+    const aIdx = broadcastIndex(p.outerA, p.outer);
+    const bIdx = broadcastIndex(p.outerB, p.outer);
+    for (let i = 0; i < batch; i++) {
+      native.sgemm(heap, p.transposeA, p.transposeB, m, n, k, 1, aOff + (aIdx[i] as number) * m * k, 0, bOff + (bIdx[i] as number) * k * n, 0, cOff + i * m * n);
+    }
+  }
+  return out;
 }
 
 /** A new heap tensor holding batch `index` of the rank-3 `src`. */
@@ -73,6 +117,8 @@ function batchMatMul(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; at
   const batchB = tf.util.sizeFromShape(outerB);
   const batch = tf.util.sizeFromShape(outer);
   const outShape = [...outer, m, n];
+  const native = nativeKernels();
+  if (native !== null) return nativeBatchMatMul(native, args.backend, { a, b, transposeA, transposeB, m, n, k, outerA, outerB, outer });
 
   return withScope(args.backend, (s) => {
     // Untransposed rank-3 operands: [batchA, m, k] and [batchB, k, n].

@@ -8,9 +8,13 @@
  *   conv of dy with the spatially flipped, in/out-swapped filter; stride s splits into s² phase
  *   sub-convolutions whose outputs interleave into dx.
  * Only NHWC and dilation 1 in the forward conv (what tfjs' conv2d gradient itself supports).
+ *
+ * With the native kernels loaded, the forward conv and both gradients are im2col + OpenBLAS sgemm on
+ * the heap instead (on every core; XNNPACK's conv runs on one).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { f32, KernelScope, WasmKernelError, withScope } from './wasm-heap.js';
+import { type ConvGeometry, nativeKernels } from './native.js';
+import { asWasmBackend, f32, floatOffset, heapBuffer, KernelScope, WasmKernelError, withScope } from './wasm-heap.js';
 
 type Pads = { top: number; bottom: number; left: number; right: number };
 
@@ -32,6 +36,38 @@ function forwardPads(xShape: [number, number, number, number], filterShape: [num
   const info = tf.backend_util.computeConv2DInfo(xShape, filterShape, a.strides, 1, a.pad, a.dimRoundingMode, false, 'channelsLast');
   const p = info.padInfo;
   return { pads: { top: p.top, bottom: p.bottom, left: p.left, right: p.right }, outH: info.outHeight, outW: info.outWidth };
+}
+
+function geometry(info: tf.backend_util.Conv2DInfo): ConvGeometry {
+  return [
+    info.batchSize, info.inHeight, info.inWidth, info.inChannels,
+    info.outHeight, info.outWidth, info.outChannels,
+    info.filterHeight, info.filterWidth, info.strideHeight, info.strideWidth,
+    info.padInfo.top, info.padInfo.left, info.dilationHeight, info.dilationWidth,
+  ];
+}
+
+function conv2DInfo(xShape: number[], filterShape: number[], a: BackpropAttrs & { dilations?: number | [number, number] }): tf.backend_util.Conv2DInfo {
+  if (a.dataFormat != null && a.dataFormat !== 'NHWC') {
+    throw new WasmKernelError('Conv2D', `dataFormat ${a.dataFormat} is not supported; use NHWC (channelsLast)`);
+  }
+  const shape4 = (v: number[]): [number, number, number, number] => v as [number, number, number, number];
+  return tf.backend_util.computeConv2DInfo(shape4(xShape), shape4(filterShape), a.strides, a.dilations ?? 1, a.pad, a.dimRoundingMode, false, 'channelsLast');
+}
+
+/** The forward conv: native when loaded, else the stock XNNPACK kernel. */
+function conv2D(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap }): tf.TensorInfo {
+  const x = args.inputs['x'] as tf.TensorInfo;
+  const filter = args.inputs['filter'] as tf.TensorInfo;
+  const attrs = args.attrs as unknown as BackpropAttrs & { dilations?: number | [number, number] };
+  const native = nativeKernels();
+  if (native === null) return withScope(args.backend, (s) => s.run('Conv2D', { x, filter }, args.attrs));
+  const info = conv2DInfo(x.shape, filter.shape, attrs);
+  const backend = asWasmBackend(args.backend);
+  const out = backend.makeOutput(info.outShape, 'float32');
+  if (tf.util.sizeFromShape(info.outShape) === 0) return out;
+  native.conv2d(heapBuffer(backend), floatOffset(backend, x, 'Conv2D'), floatOffset(backend, filter, 'Conv2D'), floatOffset(backend, out, 'Conv2D'), ...geometry(info));
+  return out;
 }
 
 /**
@@ -68,6 +104,14 @@ function conv2DBackpropFilter(args: { inputs: tf.NamedTensorInfoMap; backend: un
   const { pads } = forwardPads(xShape, attrs.filterShape, attrs);
   const [, h, w] = xShape;
   const [, oh, ow] = dy.shape as [number, number, number, number];
+  const native = nativeKernels();
+  if (native !== null) {
+    const backend = asWasmBackend(args.backend);
+    const out = backend.makeOutput(attrs.filterShape, 'float32');
+    const info = conv2DInfo(xShape, attrs.filterShape, attrs);
+    native.conv2dBackpropFilter(heapBuffer(backend), floatOffset(backend, x, 'Conv2DBackpropFilter'), floatOffset(backend, out, 'Conv2DBackpropFilter'), floatOffset(backend, dy, 'Conv2DBackpropFilter'), ...geometry(info));
+    return out;
+  }
   return withScope(args.backend, (s) => {
     const xt = s.transpose(x, [3, 1, 2, 0]); // [ci, h, w, n]: channels become the batch
     const dyt = s.transpose(dy, [1, 2, 0, 3]); // [oh, ow, n, co]: a filter over n
@@ -121,6 +165,14 @@ function conv2DBackpropInput(args: { inputs: tf.NamedTensorInfoMap; backend: unk
   const [sh, sw] = pair(attrs.strides);
   const { pads } = forwardPads(inputShape, filter.shape as [number, number, number, number], attrs);
   const [, oh, ow] = dy.shape as [number, number, number, number];
+  const native = nativeKernels();
+  if (native !== null) {
+    const backend = asWasmBackend(args.backend);
+    const out = backend.makeOutput(inputShape, 'float32');
+    const info = conv2DInfo(inputShape, filter.shape, attrs);
+    native.conv2dBackpropInput(heapBuffer(backend), floatOffset(backend, out, 'Conv2DBackpropInput'), floatOffset(backend, filter, 'Conv2DBackpropInput'), floatOffset(backend, dy, 'Conv2DBackpropInput'), ...geometry(info));
+    return out;
+  }
   return withScope(args.backend, (s) => {
     const phases: { ph: number; pw: number; out: tf.TensorInfo | null; hp: number; wp: number }[] = [];
     for (let ph = 0; ph < Math.min(sh, h); ph++) {
@@ -163,6 +215,12 @@ function conv2DBackpropInput(args: { inputs: tf.NamedTensorInfoMap; backend: unk
     return dx;
   });
 }
+
+export const conv2DConfig: tf.KernelConfig = {
+  kernelName: tf.Conv2D,
+  backendName: 'wasm',
+  kernelFunc: conv2D as unknown as tf.KernelFunc,
+};
 
 export const conv2DBackpropFilterConfig: tf.KernelConfig = {
   kernelName: tf.Conv2DBackpropFilter,

@@ -1,26 +1,37 @@
 /**
  * Our wasm kernels: what tfjs-backend-wasm 4.22.0 lacks (Conv2DBackpropFilter, UnsortedSegmentSum) or
- * runs far below XNNPACK speed (Conv2DBackpropInput, BatchMatMul), plus a gradient fix.
+ * runs far below XNNPACK speed (Conv2DBackpropInput, BatchMatMul), plus a gradient fix. Conv2D, its
+ * gradients and BatchMatMul switch to the native OpenBLAS kernels when those are loaded (native.ts).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { batchMatMulConfig, batchMatMulGradConfig } from './batch-matmul.js';
 import { cpuResizeNearestNeighborGradConfig } from './cpu-resize-grad.js';
-import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig } from './conv.js';
+import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig, conv2DConfig } from './conv.js';
+import { castConfig, identityConfig, sumConfig, UNARY_KERNELS, unaryConfigs } from './elementwise.js';
 import { unsortedSegmentSumConfig } from './segment-sum.js';
+import { adamwUpdateConfig, sparseXentConfig, sparseXentGradConfig } from './fused.js';
 import { captureStockKernels } from './wasm-heap.js';
 
 export { sparseSoftmaxCrossEntropy, stopGradient, straightThrough, upsampleNearest2x } from './ops.js';
 
 /** Kernels we register for the wasm backend, in registration order. */
 export const WASM_KERNELS: readonly tf.KernelConfig[] = [
+  conv2DConfig,
   conv2DBackpropFilterConfig,
   conv2DBackpropInputConfig,
   unsortedSegmentSumConfig,
   batchMatMulConfig,
+  identityConfig,
+  castConfig,
+  sumConfig,
+  ...unaryConfigs,
+  sparseXentConfig,
+  sparseXentGradConfig,
+  adamwUpdateConfig,
 ];
 
 /** Stock wasm kernels ours call into. */
-const STOCK_USED = ['BatchMatMul', 'Conv2D', 'Reshape', 'Transpose', 'Slice'] as const;
+const STOCK_USED = ['BatchMatMul', 'Conv2D', 'Reshape', 'Transpose', 'Slice', 'Identity', 'Cast', 'Sum', ...UNARY_KERNELS];
 
 let installed = false;
 

@@ -2,6 +2,8 @@
  * Ops whose stock tfjs versions are missing or wrong for training; backend independent.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { nativeKernels } from './native.js';
+import { SPARSE_XENT, SPARSE_XENT_GRAD } from './fused.js';
 
 /**
  * The same data as `x`, invisible to autodiff: no tape node links the result to `x`, so gradients stop
@@ -37,6 +39,7 @@ export const upsampleNearest2x: (x: tf.Tensor4D) => tf.Tensor4D = tf.customGrad(
  * Per-row softmax cross-entropy against integer labels: logits (R, V), labels (R,) int32 → (R,).
  * Its own gradient, softmax − onehot, replaces the chain through logSumExp's max, whose stock gradient
  * (a broadcast Equal) takes seconds on wasm at (2048, 16384); no one-hot is built in the forward pass.
+ * On wasm with the native kernels, forward and gradient are one fused kernel each (xent.ts).
  */
 export function sparseSoftmaxCrossEntropy(logits: tf.Tensor2D, labels: tf.Tensor1D): tf.Tensor1D {
   const [rows, vocab] = logits.shape;
@@ -46,6 +49,13 @@ export function sparseSoftmaxCrossEntropy(logits: tf.Tensor2D, labels: tf.Tensor
   const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const x = args[0] as tf.Tensor2D;
     const save = args[1] as tf.GradSaveFunc;
+    if (tf.getBackend() === 'wasm' && nativeKernels() !== null) {
+      const [loss, lse] = tf.engine().runKernel(SPARSE_XENT, { logits: x, labels }, {}) as tf.Tensor[];
+      save([x, lse as tf.Tensor]);
+      const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor =>
+        tf.engine().runKernel(SPARSE_XENT_GRAD, { logits: saved[0] as tf.Tensor, labels, lse: saved[1] as tf.Tensor, dy }, {}) as tf.Tensor;
+      return { value: loss as tf.Tensor, gradFunc };
+    }
     const shifted = tf.sub(x, tf.max(x, -1, true)); // (R, V), max 0 per row: exp cannot overflow
     const lse = tf.log(tf.sum(tf.exp(shifted), -1)); // (R,)
     const flat = tf.add(tf.mul(tf.range(0, rows, 1, 'int32'), tf.scalar(vocab, 'int32')), labels);

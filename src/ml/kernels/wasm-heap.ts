@@ -43,6 +43,18 @@ export function asWasmBackend(backend: unknown): WasmBackendInternals {
   return b as WasmBackendInternals;
 }
 
+/** Where a tensor's data starts on the heap, as a float32 index. */
+export function floatOffset(backend: WasmBackendInternals, info: tf.TensorInfo, kernel: string): number {
+  const entry = backend.dataIdMap.get(info.dataId);
+  if (entry == null) throw new WasmKernelError(kernel, 'tensor data is not on the wasm heap');
+  return entry.memoryOffset / 4;
+}
+
+/** The heap's current buffer, for native kernels. Take it after the kernel's last allocation (growth replaces it). */
+export function heapBuffer(backend: WasmBackendInternals): ArrayBuffer {
+  return backend.wasm.HEAPF32.buffer as ArrayBuffer;
+}
+
 /** Float32 view of a tensor on the heap. Take it after the last allocation of the kernel. */
 export function f32(backend: WasmBackendInternals, info: tf.TensorInfo): Float32Array {
   const v = backend.typedArrayFromHeap(info);

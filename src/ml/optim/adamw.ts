@@ -3,6 +3,8 @@
  * does: u = m̂ / (√v̂ + ε) + λ·p, p ← p − lr·u, with m̂ = m/(1−β1ᵗ), v̂ = v/(1−β2ᵗ), t = step + 1.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { ADAMW_UPDATE, type AdamWAttrs } from '../kernels/fused.js';
+import { nativeKernels } from '../kernels/native.js';
 import type { Params } from '../params.js';
 import { type Grads, type LearningRate, type Optimizer, type OptimizerState, OptimizerError, Slots, checkStep, lrAt, splitSlotKey } from './types.js';
 
@@ -48,6 +50,8 @@ export class AdamW implements Optimizer {
     const t = this.t + 1;
     const c1 = 1 - this.b1 ** t;
     const c2 = 1 - this.b2 ** t;
+    // On wasm with the native kernels: one fused pass per parameter (the same formula, in float32).
+    const fused = tf.getBackend() === 'wasm' && nativeKernels() !== null;
     for (const [name, g] of grads) {
       const p = params.get(name);
       if (g.shape.some((d, i) => d !== p.shape[i]) || g.rank !== p.rank) {
@@ -57,6 +61,14 @@ export class AdamW implements Optimizer {
       const v = this.slots.get(`v/${name}`, p.shape);
       const decay = this.wd !== 0 && (this.opts.decayMask?.(name) ?? true);
       tf.tidy(() => {
+        if (fused && g.dtype === 'float32') {
+          const attrs: AdamWAttrs = { lr, beta1: this.b1, beta2: this.b2, c1, c2, eps: this.eps, weightDecay: decay ? this.wd : 0 };
+          const [pNew, mNew, vNew] = tf.engine().runKernel(ADAMW_UPDATE, { p, m, v, g }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor[];
+          m.assign(mNew as tf.Tensor);
+          v.assign(vNew as tf.Tensor);
+          p.assign(pNew as tf.Tensor);
+          return;
+        }
         const mNew = tf.add(tf.mul(m, this.b1), tf.mul(g, 1 - this.b1));
         const vNew = tf.add(tf.mul(v, this.b2), tf.mul(tf.square(g), 1 - this.b2));
         let u: tf.Tensor = tf.div(tf.div(mNew, c1), tf.add(tf.sqrt(tf.div(vNew, c2)), this.eps));

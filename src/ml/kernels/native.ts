@@ -1,0 +1,105 @@
+/**
+ * The optional native kernels (`native/`, a C addon over OpenBLAS built at install time). They compute
+ * matrix products and convolutions in place on the wasm heap with every core, which is where the wasm
+ * backend spends most of a training step. Without them the wasm kernels of this folder do the work.
+ *
+ * `MINIDALLE_NATIVE`: unset or `auto` uses them when built; `off` never; `require` makes their absence
+ * an error (CI sets it, so the native path is what the tests exercise there).
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The addon's functions; offsets and sizes are in floats, the heap is the wasm memory's ArrayBuffer. */
+export interface NativeKernels {
+  sgemm(heap: ArrayBuffer, transA: boolean, transB: boolean, m: number, n: number, k: number, batch: number, aOff: number, aStride: number, bOff: number, bStride: number, cOff: number): void;
+  conv2d(heap: ArrayBuffer, xOff: number, fOff: number, yOff: number, ...geometry: ConvGeometry): void;
+  conv2dBackpropInput(heap: ArrayBuffer, dxOff: number, fOff: number, dyOff: number, ...geometry: ConvGeometry): void;
+  conv2dBackpropFilter(heap: ArrayBuffer, xOff: number, dfOff: number, dyOff: number, ...geometry: ConvGeometry): void;
+  /** y[o, i] = Σ_m x[o, m, i]. */
+  sum(heap: ArrayBuffer, xOff: number, yOff: number, outer: number, mid: number, inner: number): void;
+  /** Per row: lse = log Σ exp(logits), loss = lse − logits[label]; labels int32. */
+  sparseXent(heap: ArrayBuffer, logitsOff: number, labelsOff: number, lossOff: number, lseOff: number, rows: number, vocab: number): void;
+  /** dx = dy · (softmax(logits) − onehot(label)), from the forward pass's lse. */
+  sparseXentGrad(heap: ArrayBuffer, logitsOff: number, labelsOff: number, lseOff: number, dyOff: number, dxOff: number, rows: number, vocab: number): void;
+  /** One AdamW step into new tensors: offsets of p, m, v, g, then of p', m', v'. */
+  adamw(heap: ArrayBuffer, pOff: number, mOff: number, vOff: number, gOff: number, pOut: number, mOut: number, vOut: number, n: number, lr: number, b1: number, b2: number, c1: number, c2: number, eps: number, wd: number): void;
+  /** y = f(x), f by code: tanh 0, exp 1, erf 2, sigmoid 3. */
+  unary(heap: ArrayBuffer, op: number, xOff: number, yOff: number, n: number): void;
+  setThreads(n: number): void;
+  info(): { blas: string; core: string; threads: number };
+}
+
+/** n, h, w, ci, oh, ow, co, fh, fw, sh, sw, padTop, padLeft, dh, dw */
+export type ConvGeometry = [number, number, number, number, number, number, number, number, number, number, number, number, number, number, number];
+
+export type NativeMode = 'auto' | 'off' | 'require';
+
+export type NativeStatus = { available: true; kernels: NativeKernels; blas: string; core: string } | { available: false; reason: string };
+
+export class NativeKernelsError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'NativeKernelsError';
+  }
+}
+
+export function nativeMode(env: NodeJS.ProcessEnv = process.env): NativeMode {
+  const v = env['MINIDALLE_NATIVE'];
+  if (v === undefined || v === '' || v === 'auto') return 'auto';
+  if (v === 'off' || v === 'require') return v;
+  throw new NativeKernelsError(`MINIDALLE_NATIVE is '${v}'; expected auto, off or require`);
+}
+
+/** The package root: the nearest ancestor holding native/binding.gyp (src/ and dist/src/ both work). */
+function addonPath(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'native', 'binding.gyp'))) return join(dir, 'native', 'build', 'Release', 'minidalle_native.node');
+    const parent = dirname(dir);
+    if (parent === dir) return join('native', 'build', 'Release', 'minidalle_native.node');
+    dir = parent;
+  }
+}
+
+const BUILD_HINT = 'build them with `npm run build:native` (needs g++ and libopenblas-dev: apt-get install -y g++ libopenblas-dev)';
+
+let loaded: NativeStatus | null = null;
+
+/** Loads the addon once; never throws (the caller decides what absence means). */
+export function loadNativeKernels(): NativeStatus {
+  if (loaded !== null) return loaded;
+  const path = addonPath();
+  if (!existsSync(path)) {
+    loaded = { available: false, reason: `not built (${path} is missing); ${BUILD_HINT}` };
+    return loaded;
+  }
+  try {
+    const kernels = createRequire(import.meta.url)(path) as NativeKernels;
+    const { blas, core } = kernels.info();
+    loaded = { available: true, kernels, blas, core };
+  } catch (err) {
+    loaded = { available: false, reason: `${path} failed to load: ${(err as Error).message}; ${BUILD_HINT}` };
+  }
+  return loaded;
+}
+
+let active: NativeKernels | null = null;
+
+/** The kernels our wasm kernels should call now, or null to use the wasm paths. */
+export function nativeKernels(): NativeKernels | null {
+  return active;
+}
+
+/** Switches the native paths on (with `threads` BLAS threads) or off; benchmarks and tests compare both. */
+export function useNativeKernels(enabled: boolean, threads?: number): void {
+  if (!enabled) {
+    active = null;
+    return;
+  }
+  const status = loadNativeKernels();
+  if (!status.available) throw new NativeKernelsError(`minidalle native kernels are unavailable: ${status.reason}`);
+  if (threads !== undefined) status.kernels.setThreads(threads);
+  active = status.kernels;
+}
