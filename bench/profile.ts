@@ -1,17 +1,34 @@
 /**
  * Where a training step of a reference workload spends its time, per kernel (tf.profile):
- *   node dist/bench/profile.js bart|vq [steps]
+ *   node dist/bench/profile.js bart|vq|vqgan [steps] [key=value model overrides, e.g. ch=16 batch=16]
  * Prints kernels by total ms, with call counts; for finding what to optimise next, not a benchmark.
  */
 import { initCompute, tf } from '../src/ml/backend.js';
 import { AdamW, disposeGrads, valueAndGrads } from '../src/ml/optim/index.js';
-import { bart, vqAutoencoder } from './models.js';
+import { reconstructionLoss } from '../src/ml/losses/vqgan-loss.js';
+import { Vqgan } from '../src/ml/models/vqgan.js';
+import { Rng } from '../src/ml/rng.js';
+import { bart, vqAutoencoder, type Workload } from './models.js';
+
+/** The generator step of experiments/vqgan-shapes.yaml (GAN phase off), overridable from argv. */
+function vqganShapes(overrides: Record<string, number>): Workload {
+  const { batch = 8, size = 32, ...model } = overrides;
+  const vq = Vqgan.create({ ch: 8, ch_mult: [1, 2, 4], num_res_blocks: 1, attn_resolutions: [], z_channels: 32, n_embed: 1024, embed_dim: 16, num_groups: 4, resolution: size, ...model }, 0);
+  const x = tf.randomUniform([batch, size, size, 3], -1, 1, 'float32', 1) as tf.Tensor4D;
+  const rng = new Rng(1);
+  const loss = (): tf.Scalar => {
+    const r = vq.forward(x, { training: true, rng });
+    return tf.add(reconstructionLoss(x, r.xrec, 'l1+l2'), r.qloss) as tf.Scalar;
+  };
+  return { name: 'vqgan-shapes', forwardFlops: 0, params: vq.params, loss, dispose: () => { vq.params.dispose(); x.dispose(); } };
+}
 
 async function main(): Promise<void> {
   const which = process.argv[2] ?? 'bart';
   const steps = Number(process.argv[3] ?? 2);
   await initCompute();
-  const w = which === 'vq' ? vqAutoencoder() : bart();
+  const overrides = Object.fromEntries(process.argv.slice(4).map((kv) => [kv.split('=')[0] as string, Number(kv.split('=')[1])]));
+  const w = which === 'vq' ? vqAutoencoder() : which === 'vqgan' ? vqganShapes(overrides) : bart();
   const opt = new AdamW({ learningRate: 1e-4, weightDecay: 0 });
   const step = (): void => {
     const { loss, grads } = valueAndGrads(w.params, w.loss);
@@ -21,6 +38,9 @@ async function main(): Promise<void> {
     loss.dispose();
   };
   step(); // warm-up: XNNPACK packing, heap growth
+  const t0 = performance.now();
+  for (let i = 0; i < steps; i++) step();
+  const plainMs = (performance.now() - t0) / steps;
   const totals = new Map<string, { ms: number; calls: number }>();
   let wall = 0;
   for (let i = 0; i < steps; i++) {
@@ -36,7 +56,7 @@ async function main(): Promise<void> {
   }
   const rows = [...totals.entries()].sort((a, b) => b[1].ms - a[1].ms);
   const sum = rows.reduce((s, [, t]) => s + t.ms, 0);
-  process.stdout.write(`${which}: ${(wall / steps).toFixed(0)} ms/step wall (profiled), kernels ${(sum / steps).toFixed(0)} ms/step\n`);
+  process.stdout.write(`${which}: ${plainMs.toFixed(0)} ms/step; profiled ${(wall / steps).toFixed(0)} ms/step wall, of which kernels ${(sum / steps).toFixed(0)} ms\n`);
   for (const [name, t] of rows.slice(0, 30)) {
     process.stdout.write(`${name.padEnd(28)} ${(t.ms / steps).toFixed(1).padStart(8)} ms ${String(t.calls / steps).padStart(6)} calls\n`);
   }

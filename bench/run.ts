@@ -164,14 +164,14 @@ interface PeerRow {
 /** The PyTorch peer, when Debian's python3-torch is importable by /usr/bin/python3. */
 function runPeer(only: Set<string>, steps: number): { rows: PeerRow[]; note: string } {
   const python = '/usr/bin/python3';
-  const probe = spawnSync(python, ['-c', 'import torch; print(torch.__version__, torch.get_num_threads())'], { encoding: 'utf8' });
+  const probe = spawnSync(python, ['-c', 'import torch; print(torch.__version__)'], { encoding: 'utf8' });
   if (probe.status !== 0) return { rows: [], note: `peer skipped: ${python} cannot import torch (apt-get install python3-torch libopenblas0-pthread)` };
   const models = ['vq', 'bart', 'matmul'].filter((m) => only.has(m));
   if (models.length === 0) return { rows: [], note: 'peer skipped: no section with a peer selected' };
   const r = spawnSync(python, [join(root, 'bench', 'peer', 'models.py'), '--steps', String(steps), '--only', models.join(',')], { encoding: 'utf8', maxBuffer: 1 << 24 });
   if (r.status !== 0) return { rows: [], note: `peer failed (exit ${r.status}): ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ')}` };
-  const last = r.stdout.trim().split('\n').pop() ?? '[]';
-  return { rows: JSON.parse(last) as PeerRow[], note: `PyTorch ${probe.stdout.trim().split(' ')[0]} (${probe.stdout.trim().split(' ')[1]} threads)` };
+  const last = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as { threads: number; rows: PeerRow[] };
+  return { rows: last.rows, note: `PyTorch ${probe.stdout.trim()} (${last.threads} intra-op threads, BLAS threads of its own)` };
 }
 
 function table(rows: Row[], peer: PeerRow[]): string {

@@ -421,7 +421,11 @@ VECTORISED static void unary_sigmoid(const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] = 1.0f / (1.0f + expf(-x[i]));
 }
 
-/* unary(heap, op, xOff, yOff, n): y = f(x) with f = tanh (0), exp (1), erf (2), sigmoid (3). */
+VECTORISED static void unary_swish(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+/* unary(heap, op, xOff, yOff, n): y = f(x) with f = tanh (0), exp (1), erf (2), sigmoid (3), swish (4). */
 static napi_value unary(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
@@ -440,8 +444,157 @@ static napi_value unary(napi_env env, napi_callback_info info) {
     case 1: unary_exp(x, y, n); break;
     case 2: unary_erf(x, y, n); break;
     case 3: unary_sigmoid(x, y, n); break;
+    case 4: unary_swish(x, y, n); break;
     default: return fail(env, "unary", "unknown op");
   }
+  return NULL;
+}
+
+/* swishGrad(heap, xOff, dyOff, dxOff, n): dx = dy · (σ(x) + x·σ(x)·(1 − σ(x))), the gradient of x·σ(x). */
+VECTORISED static void swish_grad_loop(const float* x, const float* dy, float* dx, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    float s = 1.0f / (1.0f + expf(-x[i]));
+    dx[i] = dy[i] * (s + x[i] * s * (1.0f - s));
+  }
+}
+
+static napi_value swish_grad(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  float* heap;
+  int64_t floats, v[4];
+  if (argc != 5 || !heap_of(env, argv[0], &heap, &floats)) return fail(env, "swishGrad", "expected (heap, xOff, dyOff, dxOff, n)");
+  for (int i = 0; i < 4; i++)
+    if (!int_arg(env, argv[1 + i], &v[i])) return fail(env, "swishGrad", "offsets and size must be integers");
+  int64_t n = v[3];
+  if (n <= 0 || !inside(v[0], n, floats) || !inside(v[1], n, floats) || !inside(v[2], n, floats)) return fail(env, "swishGrad", "a tensor lies outside the heap");
+  swish_grad_loop(heap + v[0], heap + v[1], heap + v[2], n);
+  return NULL;
+}
+
+/* ---------------------------------------------------------------- GroupNorm (NHWC), forward and backward
+ * x is [b, hw, c] with c = groups · cg; statistics per (image, group) over hw · cg values, in double. */
+
+typedef struct {
+  int64_t b, hw, c, g;
+} NormShape;
+
+/* (heap, offsets…, b, hw, c, groups[, eps]): offsets into off, sizes into s; extents are checked by the caller. */
+static int norm_args(napi_env env, napi_callback_info info, const char* fn, size_t count, float** heap, int64_t* floats, int64_t* off, NormShape* s,
+                     double* eps) {
+  napi_value argv[13];
+  size_t argc = 13;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != count || !heap_of(env, argv[0], heap, floats)) {
+    fail(env, fn, "wrong arguments");
+    return 0;
+  }
+  size_t offsets = count - (eps ? 6 : 5);
+  int64_t v[13];
+  for (size_t i = 0; i < offsets + 4; i++) {
+    if (!int_arg(env, argv[1 + i], &v[i])) {
+      fail(env, fn, "offsets and sizes must be integers");
+      return 0;
+    }
+  }
+  if (eps && napi_get_value_double(env, argv[count - 1], eps) != napi_ok) {
+    fail(env, fn, "eps must be a number");
+    return 0;
+  }
+  *s = (NormShape){v[offsets], v[offsets + 1], v[offsets + 2], v[offsets + 3]};
+  if (s->b <= 0 || s->hw <= 0 || s->c <= 0 || s->g <= 0 || s->c % s->g != 0) {
+    fail(env, fn, "sizes must be positive and channels divisible by groups");
+    return 0;
+  }
+  for (size_t i = 0; i < offsets; i++) off[i] = v[i];
+  return 1;
+}
+
+/* groupNorm(heap, xOff, wOff, bOff, yOff, meanOff, rstdOff, b, hw, c, groups, eps):
+ * y = (x − mean) · rstd · w + bias; mean and rstd [b, groups] are kept for the gradient. */
+static napi_value group_norm(napi_env env, napi_callback_info info) {
+  float* heap;
+  int64_t off[6];
+  NormShape s;
+  int64_t floats;
+  double eps;
+  if (!norm_args(env, info, "groupNorm", 12, &heap, &floats, off, &s, &eps)) return NULL;
+  int64_t n = s.b * s.hw * s.c, cg = s.c / s.g;
+  if (!inside(off[0], n, floats) || !inside(off[1], s.c, floats) || !inside(off[2], s.c, floats) || !inside(off[3], n, floats) ||
+      !inside(off[4], s.b * s.g, floats) || !inside(off[5], s.b * s.g, floats))
+    return fail(env, "groupNorm", "a tensor lies outside the heap");
+  const float *x = heap + off[0], *w = heap + off[1], *bias = heap + off[2];
+  float *y = heap + off[3], *mean = heap + off[4], *rstd = heap + off[5];
+  double* acc = calloc((size_t)s.g, sizeof(double));
+  if (acc == NULL) return fail(env, "groupNorm", "out of memory");
+  const double count = (double)(s.hw * cg);
+  for (int64_t b = 0; b < s.b; b++) {
+    const float* xb = x + b * s.hw * s.c;
+    memset(acc, 0, (size_t)s.g * sizeof(double));
+    for (int64_t p = 0; p < s.hw; p++)
+      for (int64_t c = 0; c < s.c; c++) acc[c / cg] += xb[p * s.c + c];
+    for (int64_t g = 0; g < s.g; g++) mean[b * s.g + g] = (float)(acc[g] / count);
+    memset(acc, 0, (size_t)s.g * sizeof(double));
+    for (int64_t p = 0; p < s.hw; p++)
+      for (int64_t c = 0; c < s.c; c++) {
+        double d = xb[p * s.c + c] - mean[b * s.g + c / cg];
+        acc[c / cg] += d * d;
+      }
+    for (int64_t g = 0; g < s.g; g++) rstd[b * s.g + g] = (float)(1.0 / sqrt(acc[g] / count + eps));
+    float* yb = y + b * s.hw * s.c;
+    const float *mb = mean + b * s.g, *rb = rstd + b * s.g;
+    for (int64_t p = 0; p < s.hw; p++)
+      for (int64_t c = 0; c < s.c; c++) yb[p * s.c + c] = (xb[p * s.c + c] - mb[c / cg]) * rb[c / cg] * w[c] + bias[c];
+  }
+  free(acc);
+  return NULL;
+}
+
+/* groupNormGrad(heap, xOff, wOff, meanOff, rstdOff, dyOff, dxOff, dwOff, dbOff, b, hw, c, groups):
+ * with x̂ = (x − mean)·rstd and g = dy·w: dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) per group,
+ * dw = Σ dy·x̂, dbias = Σ dy over images and pixels. */
+static napi_value group_norm_grad(napi_env env, napi_callback_info info) {
+  float* heap;
+  int64_t off[8];
+  NormShape s;
+  int64_t floats;
+  if (!norm_args(env, info, "groupNormGrad", 13, &heap, &floats, off, &s, NULL)) return NULL;
+  int64_t n = s.b * s.hw * s.c, cg = s.c / s.g;
+  if (!inside(off[0], n, floats) || !inside(off[1], s.c, floats) || !inside(off[2], s.b * s.g, floats) || !inside(off[3], s.b * s.g, floats) ||
+      !inside(off[4], n, floats) || !inside(off[5], n, floats) || !inside(off[6], s.c, floats) || !inside(off[7], s.c, floats))
+    return fail(env, "groupNormGrad", "a tensor lies outside the heap");
+  const float *x = heap + off[0], *w = heap + off[1], *mean = heap + off[2], *rstd = heap + off[3], *dy = heap + off[4];
+  float *dx = heap + off[5], *dw = heap + off[6], *db = heap + off[7];
+  double* acc = calloc((size_t)(2 * s.g + 2 * s.c), sizeof(double));
+  if (acc == NULL) return fail(env, "groupNormGrad", "out of memory");
+  double *sum_g = acc, *sum_gx = acc + s.g, *dw_acc = acc + 2 * s.g, *db_acc = acc + 2 * s.g + s.c;
+  const double count = (double)(s.hw * cg);
+  for (int64_t b = 0; b < s.b; b++) {
+    const float *xb = x + b * s.hw * s.c, *dyb = dy + b * s.hw * s.c, *mb = mean + b * s.g, *rb = rstd + b * s.g;
+    memset(acc, 0, (size_t)(2 * s.g) * sizeof(double));
+    for (int64_t p = 0; p < s.hw; p++)
+      for (int64_t c = 0; c < s.c; c++) {
+        int64_t i = p * s.c + c, g = c / cg;
+        float xh = (xb[i] - mb[g]) * rb[g];
+        float gr = dyb[i] * w[c];
+        sum_g[g] += gr;
+        sum_gx[g] += gr * xh;
+        dw_acc[c] += dyb[i] * xh;
+        db_acc[c] += dyb[i];
+      }
+    float* dxb = dx + b * s.hw * s.c;
+    for (int64_t p = 0; p < s.hw; p++)
+      for (int64_t c = 0; c < s.c; c++) {
+        int64_t i = p * s.c + c, g = c / cg;
+        float xh = (xb[i] - mb[g]) * rb[g];
+        dxb[i] = rb[g] * (dyb[i] * w[c] - (float)(sum_g[g] / count) - xh * (float)(sum_gx[g] / count));
+      }
+  }
+  for (int64_t c = 0; c < s.c; c++) {
+    dw[c] = (float)dw_acc[c];
+    db[c] = (float)db_acc[c];
+  }
+  free(acc);
   return NULL;
 }
 
@@ -520,6 +673,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"sparseXent", NULL, sparse_xent, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sparseXentGrad", NULL, sparse_xent_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"unary", NULL, unary, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"swishGrad", NULL, swish_grad, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"groupNorm", NULL, group_norm, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"groupNormGrad", NULL, group_norm_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"adamw", NULL, adamw, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setThreads", NULL, set_threads, NULL, NULL, NULL, napi_enumerable, NULL},
       {"info", NULL, blas_info, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -1,11 +1,12 @@
 """PyTorch peer of bench/models.ts: the same VQ autoencoder and BART shapes, one Adam step each.
 
-Run by `npm run bench` through /usr/bin/python3 (Debian's python3-torch). Prints a JSON list on the
-last line: [{"name": ..., "ms": ..., "gflops": ...}], names matching the TypeScript bench rows.
+Run by `npm run bench` through /usr/bin/python3 (Debian's python3-torch). Prints JSON on the last
+line: {"threads": N, "rows": [{"name": ..., "ms": ..., "gflops": ...}]}, names matching the TypeScript bench rows.
 """
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 
@@ -137,7 +138,11 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--only", default="matmul,vq,bart")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads (default: every core, as our native kernels)")
     args = p.parse_args()
+    # Debian's torch starts with 1 intra-op thread here (its BLAS has its own pthreads); give it every core
+    # for convs and elementwise ops too, so the comparison is against PyTorch at its best on this machine.
+    torch.set_num_threads(args.threads)
     only = set(args.only.split(","))
     torch.manual_seed(0)
     rows = []
@@ -147,7 +152,7 @@ def main():
         rows.append(train(vq_autoencoder, args.steps))
     if "bart" in only:
         rows.append(train(bart, args.steps))
-    print(json.dumps(rows))
+    print(json.dumps({"threads": torch.get_num_threads(), "rows": rows}))
 
 
 if __name__ == "__main__":

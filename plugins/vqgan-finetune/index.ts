@@ -35,6 +35,7 @@ import { loadVqgan, readVqganConfig, saveVqgan, Vqgan, VQGAN_WEIGHTS_FILE } from
 import { AdamW, disposeGrads, loadOptimizerState, saveOptimizerState, valueAndGrads } from '../../src/ml/optim/index.js';
 import { loadParamsFile, saveParamsFile } from '../../src/ml/params.js';
 import { Rng, type RngState } from '../../src/ml/rng.js';
+import { makeSchedule } from '../../src/ml/schedule.js';
 
 const posInt = z.number().int().min(1);
 
@@ -63,7 +64,10 @@ export const VqganFinetuneConfig = z
     seed: z.number().int().min(0).nullable().default(null).describe('init/shuffle seed; null = experiment seed'),
     steps: posInt.default(2000).describe('training steps'),
     batch_size: posInt.default(16).describe('images per step'),
-    lr: z.number().positive().default(2e-4).describe('Adam learning rate (generator and discriminator)'),
+    lr: z.number().positive().default(2e-4).describe('Adam learning rate (generator and discriminator); the peak when lr_decay is set'),
+    lr_warmup_steps: z.number().int().min(0).default(0).describe('linear warmup steps to lr'),
+    lr_decay: z.enum(['constant', 'linear', 'cosine']).default('constant').describe('decay from lr to lr_end over the steps after warmup'),
+    lr_end: z.number().min(0).default(0).describe('learning rate at the last step (linear/cosine decay)'),
     beta1: z.number().min(0).max(0.999).default(0.5).describe('Adam beta1 (taming 0.5)'),
     beta2: z.number().min(0).max(0.9999).default(0.9).describe('Adam beta2 (taming 0.9)'),
     rec_loss: z.enum(['l1', 'l2', 'l1+l2']).default('l1').describe('pixel reconstruction loss'),
@@ -260,9 +264,12 @@ export default definePlugin({
     else model = Vqgan.create({ ...c.model, resolution: c.resolution }, seed);
     const discConfig: DiscriminatorConfig = { n_layers: c.disc_layers, ndf: c.disc_ndf, in_channels: model.config.out_ch };
     const disc = buildDiscriminator(discConfig, seed + 1);
-    const optG = new AdamW({ learningRate: c.lr, beta1: c.beta1, beta2: c.beta2, weightDecay: 0 });
-    const optD = new AdamW({ learningRate: c.lr, beta1: c.beta1, beta2: c.beta2, weightDecay: 0 });
     const state: TrainState = { step: 0, position: { epoch: 0, index: 0 }, rng: new Rng(seed + 2).state(), usage: [] };
+    // Both optimizers follow the global step (the discriminator's own count starts at disc_start).
+    const lrAt = makeSchedule({ lr: c.lr, warmupSteps: c.lr_warmup_steps, decay: c.lr_decay, totalSteps: c.steps, endLr: c.lr_end });
+    const learningRate = (): number => lrAt(state.step);
+    const optG = new AdamW({ learningRate, beta1: c.beta1, beta2: c.beta2, weightDecay: 0 });
+    const optD = new AdamW({ learningRate, beta1: c.beta1, beta2: c.beta2, weightDecay: 0 });
     if (latest) {
       await loadParamsFile(join(latest.dir, VQGAN_WEIGHTS_FILE), model.params);
       await loadParamsFile(join(latest.dir, DISC_FILE), disc);
@@ -398,6 +405,7 @@ export default definePlugin({
               'train/g_loss': parts.g,
               'train/d_loss': dLoss,
               'train/disc_weight': lambda,
+              'train/lr': lrAt(state.step - 1),
               'train/psnr': psnr(x, xrec!),
               'train/perplexity': batchStats.perplexity,
               'train/window_perplexity': window.perplexity,

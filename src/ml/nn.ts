@@ -13,6 +13,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 // Functional ops only (tf.add(x, y), not x.add(y)): chained methods are not registered when the ESM
 // build of tfjs-core is loaded (as under vitest), so code using them breaks depending on the loader.
+import { fusedGroupNorm, fusedSwish, nativeFusionActive } from './kernels/ops.js';
 import type { Params } from './params.js';
 import type { Rng } from './rng.js';
 
@@ -73,11 +74,13 @@ export function rmsNorm(p: Params, prefix: string, x: tf.Tensor, eps = 1e-5): tf
 export function groupNorm(p: Params, prefix: string, x: tf.Tensor4D, groups: number, eps = 1e-6): tf.Tensor4D {
   const [B, H, W, C] = x.shape;
   if (C % groups !== 0) throw new ShapeError(`groupNorm ${prefix}`, `channels ${C} not divisible by groups ${groups}`);
+  const w = optional(p, `${prefix}.weight`);
+  const b = optional(p, `${prefix}.bias`);
+  // One native kernel each way instead of ~20 small ops, when the wasm backend has the native kernels.
+  if (w && b && nativeFusionActive()) return fusedGroupNorm(x, w as tf.Tensor1D, b as tf.Tensor1D, groups, eps);
   const g = tf.reshape(x, [B, H, W, groups, C / groups]); // (B, H, W, G, C/G)
   const { mean, variance } = tf.moments(g, [1, 2, 4], true); // (B, 1, 1, G, 1)
   let y: tf.Tensor = tf.reshape(tf.mul(tf.sub(g, mean), tf.rsqrt(tf.add(variance, eps))), [B, H, W, C]);
-  const w = optional(p, `${prefix}.weight`);
-  const b = optional(p, `${prefix}.bias`);
   if (w) y = tf.mul(y, w);
   if (b) y = tf.add(y, b);
   return y as tf.Tensor4D;
@@ -100,7 +103,7 @@ export function geluTanh(x: tf.Tensor): tf.Tensor {
 
 /** swish / SiLU: x·σ(x) (taming's `nonlinearity`). */
 export function swish(x: tf.Tensor): tf.Tensor {
-  return tf.mul(x, tf.sigmoid(x));
+  return nativeFusionActive() && x.dtype === 'float32' ? fusedSwish(x) : tf.mul(x, tf.sigmoid(x));
 }
 
 export type Activation = 'gelu' | 'gelu_new' | 'relu' | 'swish' | 'silu';
@@ -161,9 +164,9 @@ export function conv2d(p: Params, prefix: string, x: tf.Tensor4D, opts: { stride
     y = tf.conv2d(x, w, stride, pad);
   } else {
     const [[t, b], [l, r]] = typeof pad === 'number' ? [[pad, pad], [pad, pad]] : pad;
-    // Pad explicitly and run 'valid' so asymmetric padding (taming's downsample pads (0,1,0,1)) works.
-    const xp = t || b || l || r ? tf.pad(x, [[0, 0], [t, b], [l, r], [0, 0]]) : x;
-    y = tf.conv2d(xp, w, stride, 'valid');
+    // Explicit (possibly asymmetric: taming's downsample pads (0,1,0,1)) padding inside the conv, not a
+    // tf.pad copy whose gradient is a Slice copy.
+    y = tf.conv2d(x, w, stride, [[0, 0], [t, b], [l, r], [0, 0]]);
   }
   const bias = optional(p, `${prefix}.bias`);
   return (bias ? tf.add(y, bias) : y) as tf.Tensor4D;

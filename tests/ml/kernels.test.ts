@@ -2,6 +2,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { initCompute, sparseSoftmaxCrossEntropy, stopGradient, straightThrough, tf, upsampleNearest2x } from '../../src/ml/backend.js';
 import { loadNativeKernels, nativeMode, useNativeKernels } from '../../src/ml/kernels/native.js';
 import { AdamW, disposeGrads, type Grads } from '../../src/ml/optim/index.js';
+import * as nn from '../../src/ml/nn.js';
 import { Params } from '../../src/ml/params.js';
 import { randomTensor, relativeError, runOn } from '../../src/ml/selfcheck.js';
 
@@ -296,6 +297,31 @@ describe('memory-bound kernels on wasm match cpu', () => forEachPath(() => {
   it('Cast to another dtype still converts', async () => {
     const [got] = await runOn('wasm', () => tf.cast(tf.tensor1d([1.7, -2.2, 3]), 'int32'));
     expect([...got!.values]).toEqual([1, -2, 3]);
+  });
+}));
+
+describe('GroupNorm and swish (fused native kernels on the native path)', () => forEachPath(() => {
+  it('GroupNorm value and gradients w.r.t. x, scale and shift match cpu', async () => {
+    await expectSameOnWasmAndCpu(() => {
+      const p = new Params();
+      p.add('n.weight', tf.add(randomTensor([12], 111), 1));
+      p.add('n.bias', randomTensor([12], 112));
+      const x = tf.add(tf.mul(randomTensor([3, 5, 4, 12], 113), 3), 0.5) as tf.Tensor4D;
+      const dy = randomTensor([3, 5, 4, 12], 114);
+      const loss = (xi: tf.Tensor) => tf.sum(tf.mul(nn.groupNorm(p, 'n', xi as tf.Tensor4D, 4, 1e-6), dy)) as tf.Scalar;
+      const [w, b] = [p.get('n.weight'), p.get('n.bias')];
+      const { grads } = tf.variableGrads(() => loss(x), [w, b]);
+      const out = [nn.groupNorm(p, 'n', x, 4, 1e-6), tf.grad(loss)(x), grads[w.name]!, grads[b.name]!];
+      p.dispose();
+      return out;
+    });
+  });
+
+  it('swish value and gradient match cpu', async () => {
+    await expectSameOnWasmAndCpu(() => {
+      const x = tf.mul(randomTensor([5, 77], 115), 6);
+      return [nn.swish(x), tf.grad((t: tf.Tensor) => tf.sum(tf.mul(nn.swish(t), t)))(x)];
+    });
   });
 }));
 

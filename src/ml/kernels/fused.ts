@@ -6,6 +6,8 @@
  *   exp; these make two vectorised ones. Used by ops.ts.
  * - One AdamW update per parameter: reads p, m, v, g once and writes p', m', v' (instead of ~12 ops).
  *   Used by optim/adamw.ts.
+ * - GroupNorm (NHWC) forward and backward, and swish x·σ(x) with its gradient: the norm + swish pair
+ *   of every taming ResnetBlock, ~20 small ops each way otherwise. Used by nn.ts.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { nativeKernels } from './native.js';
@@ -14,6 +16,10 @@ import { asWasmBackend, floatOffset, heapBuffer, WasmKernelError } from './wasm-
 export const SPARSE_XENT = 'MinidalleSparseXent';
 export const SPARSE_XENT_GRAD = 'MinidalleSparseXentGrad';
 export const ADAMW_UPDATE = 'MinidalleAdamW';
+export const GROUP_NORM = 'MinidalleGroupNorm';
+export const GROUP_NORM_GRAD = 'MinidalleGroupNormGrad';
+export const SWISH = 'MinidalleSwish';
+export const SWISH_GRAD = 'MinidalleSwishGrad';
 
 type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: unknown };
 
@@ -76,3 +82,63 @@ function adamwUpdate(args: KernelArgs & { attrs?: tf.NamedAttrMap }): tf.TensorI
 export const adamwUpdateConfig: tf.KernelConfig = { kernelName: ADAMW_UPDATE, backendName: 'wasm', kernelFunc: adamwUpdate as unknown as tf.KernelFunc };
 export const sparseXentConfig: tf.KernelConfig = { kernelName: SPARSE_XENT, backendName: 'wasm', kernelFunc: sparseXent as unknown as tf.KernelFunc };
 export const sparseXentGradConfig: tf.KernelConfig = { kernelName: SPARSE_XENT_GRAD, backendName: 'wasm', kernelFunc: sparseXentGrad as unknown as tf.KernelFunc };
+
+/** [b, hw, c] of an NHWC tensor. */
+function nhwc(x: tf.TensorInfo): [number, number, number] {
+  const [b, h, w, c] = x.shape as [number, number, number, number];
+  return [b, h * w, c];
+}
+
+function groupNorm(args: KernelArgs & { attrs?: tf.NamedAttrMap }): tf.TensorInfo[] {
+  const { x, w, b } = args.inputs as Record<'x' | 'w' | 'b', tf.TensorInfo>;
+  const { groups, eps } = args.attrs as { groups: number; eps: number };
+  const k = native(GROUP_NORM);
+  const backend = asWasmBackend(args.backend);
+  const [batch, hw, c] = nhwc(x);
+  const y = backend.makeOutput(x.shape, 'float32');
+  const mean = backend.makeOutput([batch, groups], 'float32');
+  const rstd = backend.makeOutput([batch, groups], 'float32');
+  const off = (t: tf.TensorInfo) => floatOffset(backend, t, GROUP_NORM);
+  k.groupNorm(heapBuffer(backend), off(x), off(w), off(b), off(y), off(mean), off(rstd), batch, hw, c, groups, eps);
+  return [y, mean, rstd];
+}
+
+function groupNormGrad(args: KernelArgs & { attrs?: tf.NamedAttrMap }): tf.TensorInfo[] {
+  const { x, w, mean, rstd, dy } = args.inputs as Record<'x' | 'w' | 'mean' | 'rstd' | 'dy', tf.TensorInfo>;
+  const { groups } = args.attrs as { groups: number };
+  const k = native(GROUP_NORM_GRAD);
+  const backend = asWasmBackend(args.backend);
+  const [batch, hw, c] = nhwc(x);
+  const dx = backend.makeOutput(x.shape, 'float32');
+  const dw = backend.makeOutput([c], 'float32');
+  const db = backend.makeOutput([c], 'float32');
+  const off = (t: tf.TensorInfo) => floatOffset(backend, t, GROUP_NORM_GRAD);
+  k.groupNormGrad(heapBuffer(backend), off(x), off(w), off(mean), off(rstd), off(dy), off(dx), off(dw), off(db), batch, hw, c, groups);
+  return [dx, dw, db];
+}
+
+function swish(args: KernelArgs): tf.TensorInfo {
+  const x = args.inputs['x'] as tf.TensorInfo;
+  const k = native(SWISH);
+  const backend = asWasmBackend(args.backend);
+  const y = backend.makeOutput(x.shape, 'float32');
+  const n = tf.util.sizeFromShape(x.shape);
+  if (n > 0) k.unary(heapBuffer(backend), 4, floatOffset(backend, x, SWISH), floatOffset(backend, y, SWISH), n);
+  return y;
+}
+
+function swishGrad(args: KernelArgs): tf.TensorInfo {
+  const { x, dy } = args.inputs as Record<'x' | 'dy', tf.TensorInfo>;
+  const k = native(SWISH_GRAD);
+  const backend = asWasmBackend(args.backend);
+  const dx = backend.makeOutput(x.shape, 'float32');
+  const n = tf.util.sizeFromShape(x.shape);
+  const off = (t: tf.TensorInfo) => floatOffset(backend, t, SWISH_GRAD);
+  if (n > 0) k.swishGrad(heapBuffer(backend), off(x), off(dy), off(dx), n);
+  return dx;
+}
+
+export const groupNormConfig: tf.KernelConfig = { kernelName: GROUP_NORM, backendName: 'wasm', kernelFunc: groupNorm as unknown as tf.KernelFunc };
+export const groupNormGradConfig: tf.KernelConfig = { kernelName: GROUP_NORM_GRAD, backendName: 'wasm', kernelFunc: groupNormGrad as unknown as tf.KernelFunc };
+export const swishConfig: tf.KernelConfig = { kernelName: SWISH, backendName: 'wasm', kernelFunc: swish as unknown as tf.KernelFunc };
+export const swishGradConfig: tf.KernelConfig = { kernelName: SWISH_GRAD, backendName: 'wasm', kernelFunc: swishGrad as unknown as tf.KernelFunc };

@@ -9,10 +9,10 @@ import { cpuResizeNearestNeighborGradConfig } from './cpu-resize-grad.js';
 import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig, conv2DConfig } from './conv.js';
 import { castConfig, identityConfig, sumConfig, UNARY_KERNELS, unaryConfigs } from './elementwise.js';
 import { unsortedSegmentSumConfig } from './segment-sum.js';
-import { adamwUpdateConfig, sparseXentConfig, sparseXentGradConfig } from './fused.js';
+import { adamwUpdateConfig, groupNormConfig, groupNormGradConfig, sparseXentConfig, sparseXentGradConfig, swishConfig, swishGradConfig } from './fused.js';
 import { captureStockKernels } from './wasm-heap.js';
 
-export { sparseSoftmaxCrossEntropy, stopGradient, straightThrough, upsampleNearest2x } from './ops.js';
+export { fusedGroupNorm, fusedSwish, nativeFusionActive, sparseSoftmaxCrossEntropy, stopGradient, straightThrough, upsampleNearest2x } from './ops.js';
 
 /** Kernels we register for the wasm backend, in registration order. */
 export const WASM_KERNELS: readonly tf.KernelConfig[] = [
@@ -28,6 +28,10 @@ export const WASM_KERNELS: readonly tf.KernelConfig[] = [
   sparseXentConfig,
   sparseXentGradConfig,
   adamwUpdateConfig,
+  groupNormConfig,
+  groupNormGradConfig,
+  swishConfig,
+  swishGradConfig,
 ];
 
 /** Stock wasm kernels ours call into. */

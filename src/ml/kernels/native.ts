@@ -25,7 +25,12 @@ export interface NativeKernels {
   sparseXentGrad(heap: ArrayBuffer, logitsOff: number, labelsOff: number, lseOff: number, dyOff: number, dxOff: number, rows: number, vocab: number): void;
   /** One AdamW step into new tensors: offsets of p, m, v, g, then of p', m', v'. */
   adamw(heap: ArrayBuffer, pOff: number, mOff: number, vOff: number, gOff: number, pOut: number, mOut: number, vOut: number, n: number, lr: number, b1: number, b2: number, c1: number, c2: number, eps: number, wd: number): void;
-  /** y = f(x), f by code: tanh 0, exp 1, erf 2, sigmoid 3. */
+  /** dx = dy · d(x·σ(x))/dx. */
+  swishGrad(heap: ArrayBuffer, xOff: number, dyOff: number, dxOff: number, n: number): void;
+  /** NHWC GroupNorm over [b, hw, c]; writes y and the per-(image, group) mean and 1/std. */
+  groupNorm(heap: ArrayBuffer, xOff: number, wOff: number, bOff: number, yOff: number, meanOff: number, rstdOff: number, b: number, hw: number, c: number, groups: number, eps: number): void;
+  groupNormGrad(heap: ArrayBuffer, xOff: number, wOff: number, meanOff: number, rstdOff: number, dyOff: number, dxOff: number, dwOff: number, dbOff: number, b: number, hw: number, c: number, groups: number): void;
+  /** y = f(x), f by code: tanh 0, exp 1, erf 2, sigmoid 3, swish 4. */
   unary(heap: ArrayBuffer, op: number, xOff: number, yOff: number, n: number): void;
   setThreads(n: number): void;
   info(): { blas: string; core: string; threads: number };

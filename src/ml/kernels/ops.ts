@@ -3,7 +3,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { nativeKernels } from './native.js';
-import { SPARSE_XENT, SPARSE_XENT_GRAD } from './fused.js';
+import { GROUP_NORM, GROUP_NORM_GRAD, SPARSE_XENT, SPARSE_XENT_GRAD, SWISH, SWISH_GRAD } from './fused.js';
 
 /**
  * The same data as `x`, invisible to autodiff: no tape node links the result to `x`, so gradients stop
@@ -49,7 +49,7 @@ export function sparseSoftmaxCrossEntropy(logits: tf.Tensor2D, labels: tf.Tensor
   const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const x = args[0] as tf.Tensor2D;
     const save = args[1] as tf.GradSaveFunc;
-    if (tf.getBackend() === 'wasm' && nativeKernels() !== null) {
+    if (nativeFusionActive()) {
       const [loss, lse] = tf.engine().runKernel(SPARSE_XENT, { logits: x, labels }, {}) as tf.Tensor[];
       save([x, lse as tf.Tensor]);
       const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor =>
@@ -70,3 +70,36 @@ export function sparseSoftmaxCrossEntropy(logits: tf.Tensor2D, labels: tf.Tensor
   });
   return f(logits) as tf.Tensor1D;
 }
+
+/** True when the fused native kernels can run: the wasm backend with the native kernels active. */
+export function nativeFusionActive(): boolean {
+  return tf.getBackend() === 'wasm' && nativeKernels() !== null;
+}
+
+/**
+ * GroupNorm of NHWC `x` with per-channel scale and shift as one native kernel each way (call only when
+ * nativeFusionActive()). Same result as the moments-based version in nn.ts within float32 rounding.
+ */
+export function fusedGroupNorm(x: tf.Tensor4D, weight: tf.Tensor1D, bias: tf.Tensor1D, groups: number, eps: number): tf.Tensor4D {
+  const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [xi, w, b] = args as [tf.Tensor, tf.Tensor, tf.Tensor];
+    const save = args[3] as tf.GradSaveFunc;
+    const [y, mean, rstd] = tf.engine().runKernel(GROUP_NORM, { x: xi, w, b }, { groups, eps }) as tf.Tensor[];
+    save([xi, w, mean as tf.Tensor, rstd as tf.Tensor]);
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor[] => {
+      const [sx, sw, sm, sr] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+      return tf.engine().runKernel(GROUP_NORM_GRAD, { x: sx, w: sw, mean: sm, rstd: sr, dy }, { groups }) as tf.Tensor[];
+    };
+    return { value: y as tf.Tensor, gradFunc };
+  });
+  return f(x, weight, bias) as tf.Tensor4D;
+}
+
+/** swish x·σ(x) as one native kernel each way (call only when nativeFusionActive()). */
+export const fusedSwish: (x: tf.Tensor) => tf.Tensor = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+  const x = args[0] as tf.Tensor;
+  const save = args[1] as tf.GradSaveFunc;
+  save([x]);
+  const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor => tf.engine().runKernel(SWISH_GRAD, { x: saved[0] as tf.Tensor, dy }, {}) as tf.Tensor;
+  return { value: tf.engine().runKernel(SWISH, { x }, {}) as tf.Tensor, gradFunc };
+}) as unknown as (x: tf.Tensor) => tf.Tensor;
