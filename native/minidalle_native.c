@@ -21,8 +21,27 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* im2col scratch per chunk, in floats (64 MiB). */
-#define SCRATCH_FLOATS ((int64_t)16 * 1024 * 1024)
+/* im2col rows per chunk: about this many floats (1 MiB, so a chunk is still in cache when sgemm reads
+ * it back), but at least MIN_CHUNK_ROWS rows so each sgemm stays large enough to run at full speed. */
+#ifndef CHUNK_FLOATS
+#define CHUNK_FLOATS ((int64_t)256 * 1024)
+#endif
+#define MIN_CHUNK_ROWS ((int64_t)128)
+
+/* One scratch buffer for every call, grown on demand and kept: a fresh malloc of megabytes per conv is
+ * an mmap whose page faults cost more than the im2col itself. JS calls in on one thread only. */
+static float* scratch = NULL;
+static int64_t scratch_floats = 0;
+
+static float* scratch_for(int64_t floats) {
+  if (floats > scratch_floats) {
+    float* grown = realloc(scratch, (size_t)floats * sizeof(float));
+    if (grown == NULL) return NULL;
+    scratch = grown;
+    scratch_floats = floats;
+  }
+  return scratch;
+}
 
 #define CHECK(call)                                                                      \
   do {                                                                                   \
@@ -144,12 +163,12 @@ static int is_pointwise(const Geometry* g) {
   return g->fh == 1 && g->fw == 1 && g->sh == 1 && g->sw == 1 && g->pt == 0 && g->pl == 0 && g->oh == g->h && g->ow == g->w;
 }
 
-/* Rows per chunk so that rows × K floats fit the scratch buffer. */
+/* Rows per im2col chunk (see CHUNK_FLOATS). */
 static int64_t chunk_rows(const Geometry* g) {
   int64_t k = g->fh * g->fw * g->ci;
-  int64_t rows = SCRATCH_FLOATS / k;
+  int64_t rows = CHUNK_FLOATS / k;
   int64_t total = g->n * g->oh * g->ow;
-  if (rows < 1) rows = 1;
+  if (rows < MIN_CHUNK_ROWS) rows = MIN_CHUNK_ROWS;
   return rows < total ? rows : total;
 }
 
@@ -202,7 +221,7 @@ static napi_value conv2d(napi_env env, napi_callback_info info) {
     return NULL;
   }
   int64_t step = chunk_rows(&g);
-  float* col = malloc((size_t)(step * k) * sizeof(float));
+  float* col = scratch_for(step * k);
   if (col == NULL) return fail(env, "conv2d", "out of memory for the im2col buffer");
   for (int64_t r0 = 0; r0 < total; r0 += step) {
     int64_t r1 = r0 + step < total ? r0 + step : total;
@@ -210,7 +229,6 @@ static napi_value conv2d(napi_env env, napi_callback_info info) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), (int)g.co, (int)k, 1.0f, col, (int)k, f, (int)g.co, 0.0f,
                 y + r0 * g.co, (int)g.co);
   }
-  free(col);
   return NULL;
 }
 
@@ -229,7 +247,7 @@ static napi_value conv2d_backprop_input(napi_env env, napi_callback_info info) {
   }
   memset(dx, 0, (size_t)(g.n * g.h * g.w * g.ci) * sizeof(float));
   int64_t step = chunk_rows(&g);
-  float* col = malloc((size_t)(step * k) * sizeof(float));
+  float* col = scratch_for(step * k);
   if (col == NULL) return fail(env, "conv2dBackpropInput", "out of memory for the col2im buffer");
   for (int64_t r0 = 0; r0 < total; r0 += step) {
     int64_t r1 = r0 + step < total ? r0 + step : total;
@@ -237,7 +255,6 @@ static napi_value conv2d_backprop_input(napi_env env, napi_callback_info info) {
                 0.0f, col, (int)k);
     col2im_add(&g, col, dx, r0, r1);
   }
-  free(col);
   return NULL;
 }
 
@@ -256,7 +273,7 @@ static napi_value conv2d_backprop_filter(napi_env env, napi_callback_info info) 
     return NULL;
   }
   int64_t step = chunk_rows(&g);
-  float* col = malloc((size_t)(step * k) * sizeof(float));
+  float* col = scratch_for(step * k);
   if (col == NULL) return fail(env, "conv2dBackpropFilter", "out of memory for the im2col buffer");
   for (int64_t r0 = 0; r0 < total; r0 += step) {
     int64_t r1 = r0 + step < total ? r0 + step : total;
@@ -264,7 +281,6 @@ static napi_value conv2d_backprop_filter(napi_env env, napi_callback_info info) 
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)g.co, (int)(r1 - r0), 1.0f, col, (int)k, dy + r0 * g.co, (int)g.co,
                 r0 == 0 ? 0.0f : 1.0f, df, (int)g.co);
   }
-  free(col);
   return NULL;
 }
 
@@ -510,8 +526,36 @@ static int norm_args(napi_env env, napi_callback_info info, const char* fn, size
   return 1;
 }
 
+/* Per-channel sums over the pixels of one image: s1[c] = Σ_p x[p, c] and, when s2, s2[c] = Σ_p x[p, c]·y[p, c].
+ * The inner loop runs along contiguous channels, so it vectorises; accumulation is in double. */
+VECTORISED static void channel_sums(const float* x, const float* y, int64_t hw, int64_t c, double* s1, double* s2) {
+  memset(s1, 0, (size_t)c * sizeof(double));
+  if (s2) memset(s2, 0, (size_t)c * sizeof(double));
+  for (int64_t p = 0; p < hw; p++) {
+    const float *xp = x + p * c, *yp = y ? y + p * c : NULL;
+    for (int64_t k = 0; k < c; k++) s1[k] += xp[k];
+    if (s2)
+      for (int64_t k = 0; k < c; k++) s2[k] += (double)xp[k] * yp[k];
+  }
+}
+
+/* out[p, c] = a[c]·x[p, c] + b[c] (+ d[c]·z[p, c] when z): the per-channel affine maps both passes end with. */
+VECTORISED static void channel_affine(float* out, const float* x, const float* a, const float* b, const float* z, const float* d, int64_t hw, int64_t c) {
+  for (int64_t p = 0; p < hw; p++) {
+    const float* xp = x + p * c;
+    float* op = out + p * c;
+    if (z) {
+      const float* zp = z + p * c;
+      for (int64_t k = 0; k < c; k++) op[k] = a[k] * xp[k] + d[k] * zp[k] + b[k];
+    } else {
+      for (int64_t k = 0; k < c; k++) op[k] = a[k] * xp[k] + b[k];
+    }
+  }
+}
+
 /* groupNorm(heap, xOff, wOff, bOff, yOff, meanOff, rstdOff, b, hw, c, groups, eps):
- * y = (x − mean) · rstd · w + bias; mean and rstd [b, groups] are kept for the gradient. */
+ * y = (x − mean)·rstd·w + bias, as y = a[c]·x + s[c] with a = rstd·w, s = bias − mean·a; mean and rstd
+ * [b, groups] are kept for the gradient. Variance is E[x²] − mean², accumulated in double. */
 static napi_value group_norm(napi_env env, napi_callback_info info) {
   float* heap;
   int64_t off[6];
@@ -525,34 +569,41 @@ static napi_value group_norm(napi_env env, napi_callback_info info) {
     return fail(env, "groupNorm", "a tensor lies outside the heap");
   const float *x = heap + off[0], *w = heap + off[1], *bias = heap + off[2];
   float *y = heap + off[3], *mean = heap + off[4], *rstd = heap + off[5];
-  double* acc = calloc((size_t)s.g, sizeof(double));
-  if (acc == NULL) return fail(env, "groupNorm", "out of memory");
+  double* sums = malloc((size_t)(2 * s.c) * sizeof(double));
+  float* coef = malloc((size_t)(2 * s.c) * sizeof(float));
+  if (sums == NULL || coef == NULL) {
+    free(sums);
+    free(coef);
+    return fail(env, "groupNorm", "out of memory");
+  }
   const double count = (double)(s.hw * cg);
   for (int64_t b = 0; b < s.b; b++) {
     const float* xb = x + b * s.hw * s.c;
-    memset(acc, 0, (size_t)s.g * sizeof(double));
-    for (int64_t p = 0; p < s.hw; p++)
-      for (int64_t c = 0; c < s.c; c++) acc[c / cg] += xb[p * s.c + c];
-    for (int64_t g = 0; g < s.g; g++) mean[b * s.g + g] = (float)(acc[g] / count);
-    memset(acc, 0, (size_t)s.g * sizeof(double));
-    for (int64_t p = 0; p < s.hw; p++)
-      for (int64_t c = 0; c < s.c; c++) {
-        double d = xb[p * s.c + c] - mean[b * s.g + c / cg];
-        acc[c / cg] += d * d;
+    channel_sums(xb, xb, s.hw, s.c, sums, sums + s.c);
+    for (int64_t g = 0; g < s.g; g++) {
+      double m = 0, sq = 0;
+      for (int64_t k = g * cg; k < (g + 1) * cg; k++) m += sums[k], sq += sums[s.c + k];
+      m /= count;
+      double var = sq / count - m * m;
+      float r = (float)(1.0 / sqrt((var > 0 ? var : 0) + eps));
+      mean[b * s.g + g] = (float)m;
+      rstd[b * s.g + g] = r;
+      for (int64_t k = g * cg; k < (g + 1) * cg; k++) {
+        coef[k] = r * w[k];
+        coef[s.c + k] = bias[k] - (float)m * coef[k];
       }
-    for (int64_t g = 0; g < s.g; g++) rstd[b * s.g + g] = (float)(1.0 / sqrt(acc[g] / count + eps));
-    float* yb = y + b * s.hw * s.c;
-    const float *mb = mean + b * s.g, *rb = rstd + b * s.g;
-    for (int64_t p = 0; p < s.hw; p++)
-      for (int64_t c = 0; c < s.c; c++) yb[p * s.c + c] = (xb[p * s.c + c] - mb[c / cg]) * rb[c / cg] * w[c] + bias[c];
+    }
+    channel_affine(y + b * s.hw * s.c, xb, coef, coef + s.c, NULL, NULL, s.hw, s.c);
   }
-  free(acc);
+  free(sums);
+  free(coef);
   return NULL;
 }
 
 /* groupNormGrad(heap, xOff, wOff, meanOff, rstdOff, dyOff, dxOff, dwOff, dbOff, b, hw, c, groups):
- * with x̂ = (x − mean)·rstd and g = dy·w: dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) per group,
- * dw = Σ dy·x̂, dbias = Σ dy over images and pixels. */
+ * with x̂ = (x − m)·r and g = dy·w, per group: dx = r·(g − mean(g) − x̂·mean(g·x̂)), which is the
+ * per-channel map dx = A·dy + B·x + C; dw = Σ dy·x̂ and dbias = Σ dy over images and pixels. Every
+ * group sum follows from the channel sums S1 = Σ dy and S2 = Σ dy·x. */
 static napi_value group_norm_grad(napi_env env, napi_callback_info info) {
   float* heap;
   int64_t off[8];
@@ -565,36 +616,43 @@ static napi_value group_norm_grad(napi_env env, napi_callback_info info) {
     return fail(env, "groupNormGrad", "a tensor lies outside the heap");
   const float *x = heap + off[0], *w = heap + off[1], *mean = heap + off[2], *rstd = heap + off[3], *dy = heap + off[4];
   float *dx = heap + off[5], *dw = heap + off[6], *db = heap + off[7];
-  double* acc = calloc((size_t)(2 * s.g + 2 * s.c), sizeof(double));
-  if (acc == NULL) return fail(env, "groupNormGrad", "out of memory");
-  double *sum_g = acc, *sum_gx = acc + s.g, *dw_acc = acc + 2 * s.g, *db_acc = acc + 2 * s.g + s.c;
+  double* sums = malloc((size_t)(4 * s.c) * sizeof(double));
+  float* coef = malloc((size_t)(3 * s.c) * sizeof(float));
+  if (sums == NULL || coef == NULL) {
+    free(sums);
+    free(coef);
+    return fail(env, "groupNormGrad", "out of memory");
+  }
+  double *s1 = sums, *s2 = sums + s.c, *dw_acc = sums + 2 * s.c, *db_acc = sums + 3 * s.c;
+  memset(dw_acc, 0, (size_t)(2 * s.c) * sizeof(double));
   const double count = (double)(s.hw * cg);
   for (int64_t b = 0; b < s.b; b++) {
-    const float *xb = x + b * s.hw * s.c, *dyb = dy + b * s.hw * s.c, *mb = mean + b * s.g, *rb = rstd + b * s.g;
-    memset(acc, 0, (size_t)(2 * s.g) * sizeof(double));
-    for (int64_t p = 0; p < s.hw; p++)
-      for (int64_t c = 0; c < s.c; c++) {
-        int64_t i = p * s.c + c, g = c / cg;
-        float xh = (xb[i] - mb[g]) * rb[g];
-        float gr = dyb[i] * w[c];
-        sum_g[g] += gr;
-        sum_gx[g] += gr * xh;
-        dw_acc[c] += dyb[i] * xh;
-        db_acc[c] += dyb[i];
+    const float *xb = x + b * s.hw * s.c, *dyb = dy + b * s.hw * s.c;
+    channel_sums(dyb, xb, s.hw, s.c, s1, s2);
+    for (int64_t g = 0; g < s.g; g++) {
+      double m = mean[b * s.g + g], r = rstd[b * s.g + g], sum_g = 0, sum_gx = 0;
+      for (int64_t k = g * cg; k < (g + 1) * cg; k++) {
+        double dyxh = r * (s2[k] - m * s1[k]); /* Σ_p dy·x̂ for channel k */
+        dw_acc[k] += dyxh;
+        db_acc[k] += s1[k];
+        sum_g += w[k] * s1[k];
+        sum_gx += w[k] * dyxh;
       }
-    float* dxb = dx + b * s.hw * s.c;
-    for (int64_t p = 0; p < s.hw; p++)
-      for (int64_t c = 0; c < s.c; c++) {
-        int64_t i = p * s.c + c, g = c / cg;
-        float xh = (xb[i] - mb[g]) * rb[g];
-        dxb[i] = rb[g] * (dyb[i] * w[c] - (float)(sum_g[g] / count) - xh * (float)(sum_gx[g] / count));
+      double mg = sum_g / count, mgx = sum_gx / count;
+      for (int64_t k = g * cg; k < (g + 1) * cg; k++) {
+        coef[k] = (float)(r * w[k]);                        /* A: times dy */
+        coef[s.c + k] = (float)(-r * r * mgx);              /* B: times x */
+        coef[2 * s.c + k] = (float)(r * (m * r * mgx - mg)); /* C */
       }
+    }
+    channel_affine(dx + b * s.hw * s.c, xb, coef + s.c, coef + 2 * s.c, dyb, coef, s.hw, s.c);
   }
-  for (int64_t c = 0; c < s.c; c++) {
-    dw[c] = (float)dw_acc[c];
-    db[c] = (float)db_acc[c];
+  for (int64_t k = 0; k < s.c; k++) {
+    dw[k] = (float)dw_acc[k];
+    db[k] = (float)db_acc[k];
   }
-  free(acc);
+  free(sums);
+  free(coef);
   return NULL;
 }
 
