@@ -9,6 +9,7 @@ import { checkPluginShape } from '../../src/core/plugins/registry.js';
 import { generateShapes, DEFAULT_HELDOUT_COMBOS } from '../../src/data/shapes.js';
 import { loadVqgan, saveVqgan, Vqgan } from '../../src/ml/models/vqgan.js';
 import { initCompute } from '../../src/ml/backend.js';
+import { makeSchedule } from '../../src/ml/schedule.js';
 import { stageContext } from '../support/stage-context.js';
 
 let root: string;
@@ -71,7 +72,9 @@ describe('vqgan-finetune plugin', () => {
     expect(() => VqganFinetuneConfig.parse({ stepz: 3 })).toThrow();
   });
 
-  it('stopping at step 3 and resuming gives the same weights at step 6 as an uninterrupted run; no tensor growth', async () => {
+  it('stopping at step 3 and resuming gives the same weights at step 6 as an uninterrupted run (warmup + cosine lr); no tensor growth', async () => {
+    const schedule = { lr_warmup_steps: 1, lr_decay: 'cosine', lr_end: 1e-4 };
+    const lrs: number[] = [];
     const store = new RunStore(join(root, 'runs'), { onWarning: () => {} });
     const inputs = { data: { runId: 'x', outDir: root, artifacts: { train, heldout }, summary: {} } };
 
@@ -81,10 +84,20 @@ describe('vqgan-finetune plugin', () => {
     const media: { key: string; step: number; bytes: number }[] = [];
     const meta: Record<string, unknown> = {};
     const before = tf.memory().numTensors;
-    const resA = await plugin.run(stageContext(runA, { config: config(), inputs, media, meta, onLog: (m) => 'train/loss' in m && counts.push(tf.memory().numTensors) }));
+    const onLogA = (m: Record<string, number>): void => {
+      if (!('train/loss' in m)) return;
+      counts.push(tf.memory().numTensors);
+      lrs.push(m['train/lr'] as number);
+    };
+    const resA = await plugin.run(stageContext(runA, { config: config(schedule), inputs, media, meta, onLog: onLogA }));
     await runA.flush();
     expect(tf.memory().numTensors).toBe(before);
     expect(counts).toHaveLength(6);
+    // the learning rate of each step: warmup to lr, then cosine down towards lr_end
+    const lrAt = makeSchedule({ lr: 1e-3, warmupSteps: 1, decay: 'cosine', totalSteps: 6, endLr: 1e-4 });
+    expect(lrs).toEqual([0, 1, 2, 3, 4, 5].map(lrAt));
+    expect(lrs[0]).toBeLessThan(lrs[1]!);
+    expect(lrs[5]).toBeLessThan(lrs[2]!);
     // live tensors stay constant once the lazily created Adam slots exist (generator after step 1,
     // discriminator after its first update at step 3)
     expect(counts[1]).toBe(counts[0]);
@@ -99,13 +112,13 @@ describe('vqgan-finetune plugin', () => {
     // interrupted at step 3 (after the GAN switched on), then resumed in a new run
     const runB = await store.create({ name: 'b', kind: 'stage' });
     const ctl = new AbortController();
-    const resB = await plugin.run(stageContext(runB, { config: config(), inputs, signal: ctl.signal, onLog: (m, step) => step === 3 && 'train/loss' in m && ctl.abort() }));
+    const resB = await plugin.run(stageContext(runB, { config: config(schedule), inputs, signal: ctl.signal, onLog: (m, step) => step === 3 && 'train/loss' in m && ctl.abort() }));
     await runB.flush();
     expect(resB.artifacts).toBeUndefined();
     expect(readdirSync(join(runB.dir, 'checkpoints')).sort()).toEqual(['step-2', 'step-3']);
     const runC = await store.create({ name: 'c', kind: 'stage', resumed_from: runB.id });
     const stepsC: number[] = [];
-    const resC = await plugin.run(stageContext(runC, { config: config(), inputs, onLog: (m, step) => 'train/loss' in m && stepsC.push(step) }));
+    const resC = await plugin.run(stageContext(runC, { config: config(schedule), inputs, onLog: (m, step) => 'train/loss' in m && stepsC.push(step) }));
     await runC.flush();
     expect(stepsC).toEqual([4, 5, 6]);
 

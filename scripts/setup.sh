@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Sets minidalle up on a fresh Debian/Ubuntu machine: the Debian packages it uses (git for run metadata;
+# g++, make and OpenBLAS for the native kernels, which make training several times faster), then `npm ci`
+# (which builds the native kernels and compiles the TypeScript).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v git >/dev/null || need+=(git)
+command -v g++ >/dev/null || need+=(g++)
+command -v make >/dev/null || need+=(make)
+compgen -G '/usr/include/*/cblas.h' >/dev/null || [ -e /usr/include/cblas.h ] || need+=(libopenblas-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then sudo=(); elif command -v sudo >/dev/null; then sudo=(sudo); else sudo=(none); fi
+  if [ "${sudo[0]-}" = none ] || ! command -v apt-get >/dev/null; then
+    echo "setup: cannot install ${need[*]} (no apt-get, or not root and no sudo); continuing without them." >&2
+  else
+    echo "setup: apt-get install ${need[*]}"
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+fi
+
+npm ci --no-audit --no-fund
