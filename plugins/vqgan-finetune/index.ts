@@ -1,12 +1,14 @@
 /**
  * vqgan-finetune: trains a VQGAN from scratch or from a checkpoint folder on an image dataset (the
- * shapes-data tars by default), taming-style: L1 + codebook/commitment, PatchGAN hinge loss with the
- * adaptive weight from `disc_start`, Adam(0.5, 0.9). Logs losses, PSNR and codebook perplexity,
+ * shapes-data tars by default), taming-style: L1 (+ LPIPS from a user-given weights file when
+ * perceptual_weight > 0; off by default) + codebook/commitment, PatchGAN hinge loss with the adaptive
+ * weight from `disc_start`, Adam(0.5, 0.9). Logs losses, PSNR and codebook perplexity,
  * reconstruction grids, held-out evaluation; checkpoints everything a step needs and resumes exactly.
  *
  * The loop, in order: batch → (λ) → generator grads → Adam → (discriminator step) → log → maybe media
  * → maybe eval → maybe dead-code restart → maybe checkpoint.
  */
+import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
@@ -18,6 +20,7 @@ import { DEFAULT_PREPROCESS } from '../../src/data/preprocess.js';
 import { openSource } from '../../src/data/sources/index.js';
 import { initCompute, tf } from '../../src/ml/backend.js';
 import { stopGradient } from '../../src/ml/kernels/ops.js';
+import { loadLpips, lpipsLoss, type Lpips } from '../../src/ml/losses/lpips.js';
 import {
   adaptiveWeight,
   buildDiscriminator,
@@ -71,6 +74,8 @@ export const VqganFinetuneConfig = z
     beta1: z.number().min(0).max(0.999).default(0.5).describe('Adam beta1 (taming 0.5)'),
     beta2: z.number().min(0).max(0.9999).default(0.9).describe('Adam beta2 (taming 0.9)'),
     rec_loss: z.enum(['l1', 'l2', 'l1+l2']).default('l1').describe('pixel reconstruction loss'),
+    perceptual_weight: z.number().min(0).default(0).describe('weight of the LPIPS perceptual term added to the reconstruction loss (taming 1.0); 0 = off (the default); > 0 needs perceptual_weights'),
+    perceptual_weights: z.string().default('').describe('safetensors file with the LPIPS VGG16 weights (taming vgg.pth + torchvision vgg16, converted by you; never downloaded)'),
     codebook_weight: z.number().min(0).default(1).describe('weight of codebook + commitment loss'),
     commitment_beta: z.number().min(0).default(0.25).describe('β of the commitment term'),
     disc_start: z.number().int().min(0).default(1000).describe('step from which the GAN loss and discriminator training are on'),
@@ -256,6 +261,17 @@ export default definePlugin({
     const trainSpec = resolveInput(ctx, c.train, 'train');
     const heldoutSpec = resolveInput(ctx, c.heldout, 'heldout');
 
+    // ---- perceptual loss (LPIPS, frozen): on only when asked for and given a weights file
+    if (c.perceptual_weight > 0 && (!c.perceptual_weights || !existsSync(c.perceptual_weights))) {
+      throw new VqganFinetuneError(
+        `vqgan-finetune: perceptual_weight is ${c.perceptual_weight} but with.perceptual_weights ${c.perceptual_weights ? `'${c.perceptual_weights}' does not exist` : 'is empty'}; ` +
+          "set it to a safetensors file converted from taming-transformers' vgg.pth + torchvision vgg16 (LPIPS weights are never downloaded), or set perceptual_weight: 0",
+      );
+    }
+    const perceptual: Lpips | undefined = c.perceptual_weight > 0 ? await loadLpips(c.perceptual_weights) : undefined;
+    if (perceptual) ctx.logger.info(`vqgan-finetune: LPIPS perceptual loss × ${c.perceptual_weight} from ${c.perceptual_weights} (slice widths ${perceptual.config.channels.join('/')})`);
+    const perceptualTerm = perceptual ? (a: tf.Tensor4D, b: tf.Tensor4D): tf.Scalar => tf.mul(lpipsLoss(perceptual, a, b), c.perceptual_weight) : undefined;
+
     // ---- model, discriminator, optimizers (fresh, then overwritten by a checkpoint when resuming)
     const latest = await ctx.checkpoints.latest();
     let model: Vqgan;
@@ -342,7 +358,7 @@ export default definePlugin({
             const r = model.forward(x);
             return { xrec: r.xrec, hLast: r.hLast };
           });
-          lambda = adaptiveWeight(x, f.xrec, f.hLast, model, disc, discConfig, { recLoss: c.rec_loss, discWeight: c.disc_weight });
+          lambda = adaptiveWeight(x, f.xrec, f.hLast, model, disc, discConfig, { recLoss: c.rec_loss, discWeight: c.disc_weight, ...(perceptualTerm ? { perceptual: perceptualTerm } : {}) });
           tf.dispose([f.xrec, f.hLast]);
         }
 
@@ -350,8 +366,9 @@ export default definePlugin({
         let xrec: tf.Tensor4D | undefined;
         let indices: tf.Tensor1D | undefined;
         let z: tf.Tensor2D | undefined;
-        const parts = { rec: 0, q: 0, g: 0 };
+        const parts = { rec: 0, q: 0, g: 0, p: 0 };
         let partT: tf.Tensor[] = [];
+        let pT: tf.Tensor | undefined;
         const { loss, grads } = valueAndGrads(model.params, () => {
           const r = model.forward(x, { training: true, rng, beta: c.commitment_beta });
           xrec = tf.keep(r.xrec);
@@ -359,6 +376,12 @@ export default definePlugin({
           z = tf.keep(r.z);
           const rec = reconstructionLoss(x, r.xrec, c.rec_loss);
           let total = tf.add(rec, tf.mul(r.qloss, c.codebook_weight));
+          if (perceptual) {
+            // taming: rec = |x − x̂| + perceptual_weight · LPIPS(x, x̂)
+            const p = lpipsLoss(perceptual, x, r.xrec);
+            pT = tf.keep(p);
+            total = tf.add(total, tf.mul(p, c.perceptual_weight));
+          }
           const kept: tf.Tensor[] = [tf.keep(rec), tf.keep(r.qloss)];
           if (ganOn) {
             const g = generatorLoss(discriminator(disc, discConfig, r.xrec));
@@ -374,7 +397,8 @@ export default definePlugin({
         parts.rec = vals[0] ?? 0;
         parts.q = vals[1] ?? 0;
         parts.g = vals[2] ?? 0;
-        tf.dispose(partT);
+        parts.p = pT ? (pT.dataSync()[0] as number) : 0;
+        tf.dispose([...partT, ...(pT ? [pT] : [])]);
 
         // discriminator step (on the reconstruction the generator just produced)
         let dLoss = 0;
@@ -403,6 +427,7 @@ export default definePlugin({
               'train/rec_loss': parts.rec,
               'train/q_loss': parts.q,
               'train/g_loss': parts.g,
+              ...(perceptual ? { 'train/p_loss': parts.p } : {}),
               'train/d_loss': dLoss,
               'train/disc_weight': lambda,
               'train/lr': lrAt(state.step - 1),
@@ -440,6 +465,7 @@ export default definePlugin({
       if (ctx.signal.aborted && state.step > startStep && state.step % c.checkpoint_every !== 0) await saveCheckpoint();
     } finally {
       ctx.progress.end();
+      perceptual?.dispose();
     }
 
     const summary: Record<string, unknown> = {

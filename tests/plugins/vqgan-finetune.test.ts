@@ -9,6 +9,8 @@ import { checkPluginShape } from '../../src/core/plugins/registry.js';
 import { generateShapes, DEFAULT_HELDOUT_COMBOS } from '../../src/data/shapes.js';
 import { loadVqgan, saveVqgan, Vqgan } from '../../src/ml/models/vqgan.js';
 import { initCompute } from '../../src/ml/backend.js';
+import { Lpips } from '../../src/ml/losses/lpips.js';
+import { saveParamsFile } from '../../src/ml/params.js';
 import { makeSchedule } from '../../src/ml/schedule.js';
 import { stageContext } from '../support/stage-context.js';
 
@@ -147,6 +149,32 @@ describe('vqgan-finetune plugin', () => {
     expect(steps).toBeGreaterThanOrEqual(2);
     expect(steps).toBeLessThan(10);
     expect(readdirSync(join(run.dir, 'checkpoints'))).toEqual([`step-${steps}`]);
+  });
+
+  it('adds perceptual_weight · LPIPS from a weights file (train/p_loss), and refuses perceptual_weight > 0 without one', async () => {
+    const store = new RunStore(join(root, 'runs4'), { onWarning: () => {} });
+    const lpipsFile = join(root, 'lpips-tiny.safetensors');
+    const net = Lpips.create({ channels: [4, 8], convsPerSlice: [1, 1] }, 3);
+    saveParamsFile(lpipsFile, net.params); // taming names, PyTorch layout
+    net.dispose();
+    const before = tf.memory().numTensors;
+    const logs: Record<string, number>[] = [];
+    const run = await store.create({ name: 'p', kind: 'stage' });
+    const perceptual = { perceptual_weight: 0.5, perceptual_weights: lpipsFile, steps: 2, disc_start: 1, train, heldout };
+    await plugin.run(stageContext(run, { config: config(perceptual), onLog: (m) => 'train/loss' in m && logs.push(m) }));
+    await run.flush();
+    expect(tf.memory().numTensors).toBe(before); // the LPIPS network is released too
+    expect(logs).toHaveLength(2);
+    for (const m of logs) {
+      expect(m['train/p_loss']).toBeGreaterThan(0);
+      // total = rec + q + 0.5·p (+ λ·g once the GAN is on at step 2)
+      const expected = m['train/rec_loss']! + m['train/q_loss']! + 0.5 * m['train/p_loss']! + m['train/disc_weight']! * m['train/g_loss']!;
+      expect(m['train/loss']).toBeCloseTo(expected, 4);
+    }
+    const run2 = await store.create({ name: 'q', kind: 'stage' });
+    await expect(plugin.run(stageContext(run2, { config: config({ ...perceptual, perceptual_weights: '' }) }))).rejects.toThrow(/perceptual_weights is empty/);
+    await expect(plugin.run(stageContext(run2, { config: config({ ...perceptual, perceptual_weights: join(root, 'none.safetensors') }) }))).rejects.toThrow(/with\.perceptual_weights '.*none\.safetensors' does not exist.*never downloaded/);
+    expect(VqganFinetuneConfig.parse({}).perceptual_weight).toBe(0); // off by default
   });
 
   it('fine-tunes from an init folder and reports a missing data source clearly', async () => {

@@ -5,8 +5,10 @@
  * at the decoder's last conv W, switched on from `disc_start`.
  * Codebook usage (perplexity, dead codes) and an optional dead-code restart live here too.
  *
- * Not implemented: the LPIPS perceptual term (it needs pretrained VGG weights that cannot be fetched
- * here); the reconstruction term is pixel-only.
+ * The LPIPS perceptual term lives in `lpips.ts`. It is off by default: it needs VGG16 + LPIPS weights
+ * that are never downloaded, so it is on only when the user provides a converted weights file; then the
+ * reconstruction term is pixel loss + perceptual_weight · LPIPS (taming's rec_loss + p_weight · p_loss),
+ * and the adaptive weight's ‖∇_W L_rec‖ includes it (`AdaptiveWeightOptions.perceptual`).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { conv2d } from '../nn.js';
@@ -113,17 +115,24 @@ export interface AdaptiveWeightOptions {
   discWeight: number;
   /** λ is clipped to [0, maxWeight] (taming 1e4) */
   maxWeight?: number;
+  /** extra reconstruction term, already weighted (perceptual_weight · LPIPS(x, x̂)); part of L_rec as in taming */
+  perceptual?: (x: tf.Tensor4D, xrec: tf.Tensor4D) => tf.Scalar;
 }
 
 /**
  * λ = discWeight · ‖∂L_rec/∂W‖ / (‖∂L_G/∂W‖ + 1e-4), W = decoder.conv_out.weight, clipped and treated
  * as a constant in the generator step (taming detaches it). Both gradients at W are formed from the
- * gradients at the reconstruction (W is the last op), so only the discriminator is differentiated.
+ * gradients at the reconstruction (W is the last op), so only the discriminator (and LPIPS, when on)
+ * is differentiated.
  */
 export function adaptiveWeight(x: tf.Tensor4D, xrec: tf.Tensor4D, hLast: tf.Tensor4D, model: Vqgan, disc: Params, discConfig: DiscriminatorConfig, o: AdaptiveWeightOptions): number {
   return tf.tidy(() => {
     const w = model.params.get('decoder.conv_out.weight') as tf.Variable<tf.Rank.R4>;
-    const dRec = tf.grad((r: tf.Tensor) => reconstructionLoss(x, r, o.recLoss))(xrec) as tf.Tensor4D;
+    const recLoss = (r: tf.Tensor): tf.Scalar => {
+      const pixel = reconstructionLoss(x, r, o.recLoss);
+      return o.perceptual ? tf.add(pixel, o.perceptual(x, r as tf.Tensor4D)) : pixel;
+    };
+    const dRec = tf.grad(recLoss)(xrec) as tf.Tensor4D;
     const dG = tf.grad((r: tf.Tensor) => generatorLoss(discriminator(disc, discConfig, r as tf.Tensor4D)))(xrec) as tf.Tensor4D;
     const nRec = tf.norm(lastLayerGrad(w, hLast, dRec));
     const nG = tf.norm(lastLayerGrad(w, hLast, dG));
