@@ -11,8 +11,8 @@ import { Rng } from '../src/ml/rng.js';
 import { bart, vqAutoencoder, type Workload } from './models.js';
 
 /** The generator step of experiments/vqgan-shapes.yaml (GAN phase off), overridable from argv. */
-function vqganShapes(overrides: Record<string, number>): Workload {
-  const { batch = 8, size = 32, ...model } = overrides;
+function vqganShapes(overrides: Record<string, number | number[] | boolean>): Workload {
+  const { batch = 8, size = 32, ...model } = overrides as { batch?: number; size?: number } & Record<string, number | number[] | boolean>;
   const vq = Vqgan.create({ ch: 8, ch_mult: [1, 2, 4], num_res_blocks: 1, attn_resolutions: [], z_channels: 32, n_embed: 1024, embed_dim: 16, num_groups: 4, resolution: size, ...model }, 0);
   const x = tf.randomUniform([batch, size, size, 3], -1, 1, 'float32', 1) as tf.Tensor4D;
   const rng = new Rng(1);
@@ -27,7 +27,10 @@ async function main(): Promise<void> {
   const which = process.argv[2] ?? 'bart';
   const steps = Number(process.argv[3] ?? 2);
   await initCompute();
-  const overrides = Object.fromEntries(process.argv.slice(4).map((kv) => [kv.split('=')[0] as string, Number(kv.split('=')[1])]));
+  // key=value; a comma makes a list (ch_mult=1,2,4), and list-valued keys always get one.
+  const lists = new Set(['ch_mult', 'attn_resolutions']);
+  const parse = (k: string, v: string): number | number[] | boolean => (v === 'true' || v === 'false' ? v === 'true' : v.includes(',') || lists.has(k) ? v.split(',').filter(Boolean).map(Number) : Number(v));
+  const overrides = Object.fromEntries(process.argv.slice(4).map((kv) => { const [k = '', v = ''] = kv.split('='); return [k, parse(k, v)]; }));
   const w = which === 'vq' ? vqAutoencoder() : which === 'vqgan' ? vqganShapes(overrides) : bart();
   const opt = new AdamW({ learningRate: 1e-4, weightDecay: 0 });
   const step = (): void => {

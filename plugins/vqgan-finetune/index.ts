@@ -53,6 +53,7 @@ export const VqganModelFields = z
     embed_dim: posInt.default(32).describe('code vector width'),
     dropout: z.number().min(0).max(0.9).default(0).describe('ResnetBlock dropout'),
     num_groups: posInt.default(8).describe('GroupNorm groups (taming uses 32)'),
+    codebook_l2: z.boolean().default(false).describe('choose codes by cosine similarity of L2-normalised latents and codes (ViT-VQGAN); taming: false'),
   })
   .strict();
 

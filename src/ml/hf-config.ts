@@ -74,6 +74,7 @@ export const VqganConfigSchema = z.looseObject({
   double_z: z.boolean().optional(),
   resamp_with_conv: z.boolean().optional(),
   give_pre_end: z.boolean().optional(),
+  codebook_l2: z.boolean().optional(),
 });
 export type VqganConfig = z.infer<typeof VqganConfigSchema>;
 

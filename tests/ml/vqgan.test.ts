@@ -110,6 +110,34 @@ describe('VQGAN model', () => {
     m.dispose();
   });
 
+  it('codebook_l2 chooses codes by cosine similarity, decodes unit-norm codes, and survives save/load', async () => {
+    const m = Vqgan.create({ ...TINY, codebook_l2: true }, 6);
+    const emb = m.params.get('quantize.embedding.weight');
+    // Scaling each code row by a different factor changes no cosine choice (but distance-based ones).
+    const x = images(12);
+    const before = Array.from(m.encode(x).dataSync());
+    emb.assign(tf.tidy(() => tf.mul(emb, tf.reshape(tf.linspace(0.5, 40, TINY.n_embed), [-1, 1]))));
+    const after = Array.from(m.encode(x).dataSync());
+    expect(after).toEqual(before);
+    const plain = Vqgan.create({ ...TINY, codebook_l2: false }, 6);
+    plain.params.get('quantize.embedding.weight').assign(emb);
+    expect(Array.from(plain.encode(x).dataSync())).not.toEqual(after); // distance-based choice does change
+    // decode sees unit vectors: two codebooks that differ only in row scale decode identically
+    const codes = m.encode(x);
+    const d1 = m.decode(codes);
+    const y1 = Array.from(d1.dataSync());
+    emb.assign(tf.tidy(() => tf.mul(emb, 3)));
+    const d3 = m.decode(codes);
+    const y3 = d3.dataSync();
+    expect(Math.max(...y1.map((v, i) => Math.abs(v - (y3[i] as number))))).toBeLessThan(1e-5);
+    await saveVqgan(m, join(dir, 'l2'));
+    const l = await loadVqgan(join(dir, 'l2'));
+    expect(l.config.codebook_l2).toBe(true);
+    expect(resolveVqganConfig(TINY).codebook_l2).toBe(false); // taming configs do not have it
+    tf.dispose([x, codes, d1, d3]);
+    [m, plain, l].forEach((v) => v.dispose());
+  });
+
   it('save → load round-trips bit-exactly as config.json + model.safetensors', async () => {
     const m = Vqgan.create(TINY, 5);
     const out = join(dir, 'rt');

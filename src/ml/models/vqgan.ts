@@ -32,6 +32,12 @@ export interface VqganModelConfig {
   out_ch: number; // image channels out
   dropout: number; // dropout inside ResnetBlocks during training
   num_groups: number; // GroupNorm groups (taming hard-codes 32; tiny test models need fewer)
+  /**
+   * Look codes up by cosine similarity: latents and codebook rows are L2-normalised before the nearest
+   * code is chosen and used (ViT-VQGAN's "l2-normalised codes"; better codebook usage). Not in taming:
+   * false for its checkpoints, and absent from their config.json.
+   */
+  codebook_l2: boolean;
 }
 
 /** dalle-mini's VQGAN f16 16384 (vqgan_imagenet_f16_16384). */
@@ -48,6 +54,7 @@ export const VQGAN_DEFAULTS: VqganModelConfig = {
   out_ch: 3,
   dropout: 0,
   num_groups: 32,
+  codebook_l2: false,
 };
 
 export class VqganConfigError extends Error {
@@ -238,14 +245,25 @@ export interface QuantizeResult {
   indices: tf.Tensor1D;
 }
 
+/** Rows scaled to unit L2 norm (the epsilon keeps an all-zero row finite). */
+function l2Normalize(x: tf.Tensor2D): tf.Tensor2D {
+  return tf.div(x, tf.sqrt(tf.add(tf.sum(tf.square(x), 1, true), 1e-12))) as tf.Tensor2D;
+}
+
+/** The code vectors as the quantizer uses them: the embedding rows, L2-normalised when `l2`. */
+function codeVectors(p: Params, l2: boolean): tf.Tensor2D {
+  const emb = p.get('quantize.embedding.weight') as tf.Tensor2D; // (K, D)
+  return l2 ? l2Normalize(emb) : emb;
+}
+
 /**
  * VectorQuantizer: nearest codebook row by squared distance; loss = ‖sg(z) − e‖² + β‖z − sg(e)‖²
  * (the VQ-VAE paper's form; taming's `legacy=True` swaps β between the two terms by mistake).
  */
-export function quantize(p: Params, z: tf.Tensor4D, beta = 0.25): QuantizeResult {
+export function quantize(p: Params, z: tf.Tensor4D, beta = 0.25, l2 = false): QuantizeResult {
   const [B, h, w, D] = z.shape;
-  const emb = p.get('quantize.embedding.weight'); // (K, D)
-  const flat = tf.reshape(z, [B * h * w, D]); // (N, D)
+  const emb = codeVectors(p, l2); // (K, D)
+  const flat = l2 ? l2Normalize(tf.reshape(z, [B * h * w, D])) : tf.reshape(z, [B * h * w, D]); // (N, D)
   // Distances on gradient-free copies: argMin is not differentiable and must not sit on the tape.
   const indices = tf.tidy(() => {
     const zf = stopGradient(flat);
@@ -310,7 +328,7 @@ export class Vqgan {
     this.checkImages(x);
     const f = this.flags(opts.training ?? false, opts.rng);
     const z = conv2d(this.params, 'quant_conv', encoder(this.params, this.config, x, f), { padding: 0 }); // (B, h, w, D)
-    const { zq, loss, indices } = quantize(this.params, z, opts.beta ?? 0.25);
+    const { zq, loss, indices } = quantize(this.params, z, opts.beta ?? 0.25, this.config.codebook_l2);
     const zPost = conv2d(this.params, 'post_quant_conv', zq, { padding: 0 }); // (B, h, w, z_channels)
     const { out, hLast } = decoderWithLast(this.params, this.config, zPost, f);
     return { xrec: out, qloss: loss, indices, hLast, z: tf.reshape(z, [-1, this.config.embed_dim]) as tf.Tensor2D };
@@ -322,7 +340,7 @@ export class Vqgan {
     const B = images.shape[0];
     return tf.tidy(() => {
       const z = conv2d(this.params, 'quant_conv', encoder(this.params, this.config, images, this.flags(false)), { padding: 0 });
-      return tf.reshape(quantize(this.params, z).indices, [B, -1]) as tf.Tensor2D;
+      return tf.reshape(quantize(this.params, z, 0.25, this.config.codebook_l2).indices, [B, -1]) as tf.Tensor2D;
     });
   }
 
@@ -333,7 +351,7 @@ export class Vqgan {
     if (side * side !== n) throw new VqganError(`codes must be [B, h·w] with a square grid, got ${JSON.stringify(codes.shape)}`);
     if (codes.dtype !== 'int32') throw new VqganError(`codes must be int32, got ${codes.dtype}`);
     return tf.tidy(() => {
-      const zq = tf.reshape(tf.gather(this.params.get('quantize.embedding.weight'), tf.reshape(codes, [-1])), [B, side, side, this.config.embed_dim]) as tf.Tensor4D;
+      const zq = tf.reshape(tf.gather(codeVectors(this.params, this.config.codebook_l2), tf.reshape(codes, [-1])), [B, side, side, this.config.embed_dim]) as tf.Tensor4D;
       const zPost = conv2d(this.params, 'post_quant_conv', zq, { padding: 0 });
       return tf.clipByValue(decoderWithLast(this.params, this.config, zPost, this.flags(false)).out, -1, 1) as tf.Tensor4D;
     });
