@@ -16,7 +16,7 @@ describe('shipped experiments', () => {
     const dir = project();
     const r = cli(dir, [
       'run', join(ROOT, 'experiments/quickstart.yaml'),
-      'stages.data.with.count=64', 'stages.data.with.heldout_count=16', 'stages.vqgan.with.steps=4', 'stages.vqgan.with.eval_count=16',
+      'stages.data.with.count=64', 'stages.data.with.heldout_count=16', 'stages.vqgan.with.steps=4', 'stages.vqgan.with.lr_warmup_steps=1', 'stages.vqgan.with.eval_count=16',
       'stages.vqgan.with.log_every=2', 'stages.vqgan.with.checkpoint_every=2',
     ]);
     expect(r.code, r.stdout + r.stderr).toBe(0);

@@ -177,7 +177,7 @@ describe('vqgan-finetune plugin', () => {
     expect(VqganFinetuneConfig.parse({}).perceptual_weight).toBe(0); // off by default
   });
 
-  it('fine-tunes from an init folder and reports a missing data source clearly', async () => {
+  it('fine-tunes from an init folder; reports a missing data source and a warmup longer than the run clearly', async () => {
     const store = new RunStore(join(root, 'runs2'), { onWarning: () => {} });
     const init = Vqgan.create({ ...MODEL, resolution: 16 }, 9);
     await saveVqgan(init, join(root, 'init2'));
@@ -188,5 +188,8 @@ describe('vqgan-finetune plugin', () => {
     expect(res.artifacts?.model).toBeDefined();
     const run2 = await store.create({ name: 'g', kind: 'stage' });
     await expect(plugin.run(stageContext(run2, { config: config() }))).rejects.toThrow(/with.train/);
+    const run3 = await store.create({ name: 'h', kind: 'stage' });
+    const badSchedule = config({ train, heldout, steps: 4, lr_warmup_steps: 4, lr_decay: 'cosine' });
+    await expect(plugin.run(stageContext(run3, { config: badSchedule }))).rejects.toThrow(/lr_warmup_steps \(4\) must be less than steps \(4\) for lr_decay cosine/);
   });
 });
