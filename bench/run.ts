@@ -7,6 +7,7 @@
  * GFLOPS of a training step = 3 × forward FLOPs / step time (forward + two backward products).
  */
 import { spawnSync } from 'node:child_process';
+import { availableParallelism } from 'node:os';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -161,17 +162,31 @@ interface PeerRow {
   gflops?: number;
 }
 
-/** The PyTorch peer, when Debian's python3-torch is importable by /usr/bin/python3. */
+/**
+ * The PyTorch peer, when Debian's python3-torch is importable by /usr/bin/python3. It runs twice, with 1
+ * and with every-core intra-op threads (its BLAS has threads of its own, and the two oversubscribe the
+ * cores on some workloads but not others), and each row keeps PyTorch's faster time.
+ */
 function runPeer(only: Set<string>, steps: number): { rows: PeerRow[]; note: string } {
   const python = '/usr/bin/python3';
   const probe = spawnSync(python, ['-c', 'import torch; print(torch.__version__)'], { encoding: 'utf8' });
   if (probe.status !== 0) return { rows: [], note: `peer skipped: ${python} cannot import torch (apt-get install python3-torch libopenblas0-pthread)` };
   const models = ['vq', 'bart', 'matmul'].filter((m) => only.has(m));
   if (models.length === 0) return { rows: [], note: 'peer skipped: no section with a peer selected' };
-  const r = spawnSync(python, [join(root, 'bench', 'peer', 'models.py'), '--steps', String(steps), '--only', models.join(',')], { encoding: 'utf8', maxBuffer: 1 << 24 });
-  if (r.status !== 0) return { rows: [], note: `peer failed (exit ${r.status}): ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ')}` };
-  const last = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as { threads: number; rows: PeerRow[] };
-  return { rows: last.rows, note: `PyTorch ${probe.stdout.trim()} (${last.threads} intra-op threads, BLAS threads of its own)` };
+  const best = new Map<string, PeerRow & { threads: number }>();
+  for (const threads of [...new Set([1, availableParallelism()])]) {
+    const args = [join(root, 'bench', 'peer', 'models.py'), '--steps', String(steps), '--only', models.join(','), '--threads', String(threads)];
+    const r = spawnSync(python, args, { encoding: 'utf8', maxBuffer: 1 << 24 });
+    if (r.status !== 0) return { rows: [], note: `peer failed (exit ${r.status}): ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ')}` };
+    const out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as { threads: number; rows: PeerRow[] };
+    for (const row of out.rows) {
+      const prev = best.get(row.name);
+      if (prev === undefined || row.ms < prev.ms) best.set(row.name, { ...row, threads: out.threads });
+    }
+  }
+  const rows = [...best.values()];
+  const used = rows.map((r) => `${r.name.split(' ')[0]}: ${r.threads}`).join(', ');
+  return { rows, note: `PyTorch ${probe.stdout.trim()}, each row its faster run of 1 and ${availableParallelism()} intra-op threads (BLAS threads of its own); intra-op threads used: ${used}` };
 }
 
 function table(rows: Row[], peer: PeerRow[]): string {
