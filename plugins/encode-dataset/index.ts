@@ -67,11 +67,11 @@ export default definePlugin({
   config: EncodeDatasetConfig,
   async run(ctx: StageContext<EncodeDatasetConfig>) {
     const c = ctx.config;
-    const { initCompute, tf } = await import('../../src/ml/backend.js');
+    const { describeCompute, initCompute, tf } = await import('../../src/ml/backend.js');
     const { loadVqgan } = await import('../../src/ml/models/vqgan.js');
     const compute = await initCompute(c.backend ? { backend: c.backend } : {});
     ctx.meta({ backend: compute });
-    ctx.logger.info(`encode-dataset: compute ${compute.backend} (${compute.threads} thread${compute.threads === 1 ? '' : 's'})`);
+    ctx.logger.info(`encode-dataset: compute ${describeCompute(compute)}`);
     const vqgan = await loadVqgan(c.vqgan);
     const side = c.resolution / 2 ** (vqgan.config.ch_mult.length - 1);
     const codeCount = side * side;

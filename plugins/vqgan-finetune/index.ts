@@ -18,7 +18,7 @@ import { DEFAULT_CAPTION_OPTIONS } from '../../src/data/captions.js';
 import { prepareItems } from '../../src/data/prepare.js';
 import { DEFAULT_PREPROCESS } from '../../src/data/preprocess.js';
 import { openSource } from '../../src/data/sources/index.js';
-import { initCompute, tf } from '../../src/ml/backend.js';
+import { describeCompute, initCompute, tf } from '../../src/ml/backend.js';
 import { stopGradient } from '../../src/ml/kernels/ops.js';
 import { loadLpips, lpipsLoss, type Lpips } from '../../src/ml/losses/lpips.js';
 import {
@@ -309,7 +309,7 @@ export default definePlugin({
     const heldout = await loadImages(heldoutSpec, R, c.eval_count, ctx.signal, warn);
     if (train.count < c.batch_size) throw new VqganFinetuneError(`vqgan-finetune: ${trainSpec} has ${train.count} usable images, fewer than batch_size ${c.batch_size}`);
     if (heldout.count === 0) throw new VqganFinetuneError(`vqgan-finetune: ${heldoutSpec} has no usable images for evaluation`);
-    ctx.logger.info(`vqgan-finetune: ${train.count} train / ${heldout.count} held-out images at ${R} px, ${model.params.count()} parameters, codebook ${model.config.n_embed}×${model.config.embed_dim}, backend ${info.backend}`);
+    ctx.logger.info(`vqgan-finetune: ${train.count} train / ${heldout.count} held-out images at ${R} px, ${model.params.count()} parameters, codebook ${model.config.n_embed}×${model.config.embed_dim}, compute ${describeCompute(info)}`);
 
     ctx.defineMetric('eval/psnr', { goal: 'maximize', primary: true });
     ctx.defineMetric('eval/perplexity', { goal: 'maximize' });
