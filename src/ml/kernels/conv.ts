@@ -29,15 +29,21 @@ function pair(v: number | [number, number]): [number, number] {
   return typeof v === 'number' ? [v, v] : v;
 }
 
-function forwardPads(xShape: [number, number, number, number], filterShape: [number, number, number, number], a: BackpropAttrs): { pads: Pads; outH: number; outW: number } {
+/** The forward conv's geometry (NHWC only); gradients pass dilation 1, as tfjs' conv2d gradient requires. */
+function conv2DInfo(xShape: number[], filterShape: number[], a: BackpropAttrs & { dilations?: number | [number, number] }): tf.backend_util.Conv2DInfo {
   if (a.dataFormat != null && a.dataFormat !== 'NHWC') {
-    throw new WasmKernelError('Conv2D gradient', `dataFormat ${a.dataFormat} is not supported; use NHWC (channelsLast)`);
+    throw new WasmKernelError('Conv2D', `dataFormat ${a.dataFormat} is not supported; use NHWC (channelsLast)`);
   }
-  const info = tf.backend_util.computeConv2DInfo(xShape, filterShape, a.strides, 1, a.pad, a.dimRoundingMode, false, 'channelsLast');
-  const p = info.padInfo;
-  return { pads: { top: p.top, bottom: p.bottom, left: p.left, right: p.right }, outH: info.outHeight, outW: info.outWidth };
+  const shape4 = (v: number[]): [number, number, number, number] => v as [number, number, number, number];
+  return tf.backend_util.computeConv2DInfo(shape4(xShape), shape4(filterShape), a.strides, a.dilations ?? 1, a.pad, a.dimRoundingMode, false, 'channelsLast');
 }
 
+function forwardPads(xShape: number[], filterShape: number[], a: BackpropAttrs): Pads {
+  const p = conv2DInfo(xShape, filterShape, a).padInfo;
+  return { top: p.top, bottom: p.bottom, left: p.left, right: p.right };
+}
+
+/** The native kernels' argument list for a conv. */
 function geometry(info: tf.backend_util.Conv2DInfo): ConvGeometry {
   return [
     info.batchSize, info.inHeight, info.inWidth, info.inChannels,
@@ -45,14 +51,6 @@ function geometry(info: tf.backend_util.Conv2DInfo): ConvGeometry {
     info.filterHeight, info.filterWidth, info.strideHeight, info.strideWidth,
     info.padInfo.top, info.padInfo.left, info.dilationHeight, info.dilationWidth,
   ];
-}
-
-function conv2DInfo(xShape: number[], filterShape: number[], a: BackpropAttrs & { dilations?: number | [number, number] }): tf.backend_util.Conv2DInfo {
-  if (a.dataFormat != null && a.dataFormat !== 'NHWC') {
-    throw new WasmKernelError('Conv2D', `dataFormat ${a.dataFormat} is not supported; use NHWC (channelsLast)`);
-  }
-  const shape4 = (v: number[]): [number, number, number, number] => v as [number, number, number, number];
-  return tf.backend_util.computeConv2DInfo(shape4(xShape), shape4(filterShape), a.strides, a.dilations ?? 1, a.pad, a.dimRoundingMode, false, 'channelsLast');
 }
 
 /** The forward conv: native when loaded, else the stock XNNPACK kernel. */
@@ -101,7 +99,7 @@ function conv2DBackpropFilter(args: { inputs: tf.NamedTensorInfoMap; backend: un
   const [fh, fw] = attrs.filterShape;
   const [sh, sw] = pair(attrs.strides);
   const xShape = x.shape as [number, number, number, number];
-  const { pads } = forwardPads(xShape, attrs.filterShape, attrs);
+  const pads = forwardPads(xShape, attrs.filterShape, attrs);
   const [, h, w] = xShape;
   const [, oh, ow] = dy.shape as [number, number, number, number];
   const native = nativeKernels();
@@ -163,7 +161,7 @@ function conv2DBackpropInput(args: { inputs: tf.NamedTensorInfoMap; backend: unk
   const inputShape = attrs.inputShape;
   const [n, h, w, ci] = inputShape;
   const [sh, sw] = pair(attrs.strides);
-  const { pads } = forwardPads(inputShape, filter.shape as [number, number, number, number], attrs);
+  const pads = forwardPads(inputShape, filter.shape, attrs);
   const [, oh, ow] = dy.shape as [number, number, number, number];
   const native = nativeKernels();
   if (native !== null) {
