@@ -5,6 +5,7 @@
  * conv and matmul in the forward pass (a training step is then ~3× that).
  */
 import { sparseSoftmaxCrossEntropy, stopGradient, straightThrough, tf, upsampleNearest2x } from '../src/ml/backend.js';
+import { type AdamW, disposeGrads, valueAndGrads } from '../src/ml/optim/index.js';
 import { Params } from '../src/ml/params.js';
 import { randomValues } from '../src/ml/selfcheck.js';
 
@@ -15,6 +16,16 @@ export interface Workload {
   params: Params;
   loss: () => tf.Scalar;
   dispose: () => void;
+}
+
+/** One training step of `w` with `opt`; returns the loss. */
+export function trainStep(w: Workload, opt: AdamW): number {
+  const { loss, grads } = valueAndGrads(w.params, w.loss);
+  opt.apply(w.params, grads);
+  disposeGrads(grads);
+  const value = loss.dataSync()[0] as number;
+  loss.dispose();
+  return value;
 }
 
 let seed = 1;

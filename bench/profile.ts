@@ -4,11 +4,11 @@
  * Prints kernels by total ms, with call counts; for finding what to optimise next, not a benchmark.
  */
 import { initCompute, tf } from '../src/ml/backend.js';
-import { AdamW, disposeGrads, valueAndGrads } from '../src/ml/optim/index.js';
+import { AdamW } from '../src/ml/optim/index.js';
 import { reconstructionLoss } from '../src/ml/losses/vqgan-loss.js';
 import { Vqgan } from '../src/ml/models/vqgan.js';
 import { Rng } from '../src/ml/rng.js';
-import { bart, vqAutoencoder, type Workload } from './models.js';
+import { bart, trainStep, vqAutoencoder, type Workload } from './models.js';
 
 /** The generator step of experiments/vqgan-shapes.yaml (GAN phase off), overridable from argv. */
 function vqganShapes(overrides: Record<string, number | number[] | boolean>): Workload {
@@ -33,13 +33,7 @@ async function main(): Promise<void> {
   const overrides = Object.fromEntries(process.argv.slice(4).map((kv) => { const [k = '', v = ''] = kv.split('='); return [k, parse(k, v)]; }));
   const w = which === 'vq' ? vqAutoencoder() : which === 'vqgan' ? vqganShapes(overrides) : bart();
   const opt = new AdamW({ learningRate: 1e-4, weightDecay: 0 });
-  const step = (): void => {
-    const { loss, grads } = valueAndGrads(w.params, w.loss);
-    opt.apply(w.params, grads);
-    disposeGrads(grads);
-    loss.dataSync();
-    loss.dispose();
-  };
+  const step = (): void => void trainStep(w, opt);
   step(); // warm-up: XNNPACK packing, heap growth
   const t0 = performance.now();
   for (let i = 0; i < steps; i++) step();

@@ -12,10 +12,10 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initCompute, tf, type ComputeInfo } from '../src/ml/backend.js';
-import { AdamW, disposeGrads, valueAndGrads } from '../src/ml/optim/index.js';
+import { AdamW } from '../src/ml/optim/index.js';
 import { randomTensor } from '../src/ml/selfcheck.js';
 import { benchData } from './data.js';
-import { BART_REFERENCE, bart, VQ_REFERENCE, vqAutoencoder, type Workload } from './models.js';
+import { BART_REFERENCE, bart, trainStep, VQ_REFERENCE, vqAutoencoder, type Workload } from './models.js';
 
 interface Row {
   section: string;
@@ -121,11 +121,7 @@ function benchTraining(make: () => Workload, backend: string, steps: number): Ro
   let loss = Number.NaN;
   for (let i = 0; i < steps; i++) {
     const t0 = performance.now();
-    const { loss: l, grads } = valueAndGrads(w.params, w.loss);
-    opt.apply(w.params, grads);
-    disposeGrads(grads);
-    loss = l.dataSync()[0] as number;
-    l.dispose();
+    loss = trainStep(w, opt);
     times.push(performance.now() - t0);
     if (i === 1) afterTwo = tf.memory().numTensors;
   }

@@ -1,6 +1,7 @@
 /** Shared helpers for the ml tests: cpu backend, tensors from the seeded Rng, finite differences. */
 import * as tf from '@tensorflow/tfjs-core';
 import { initCompute } from '../../src/ml/backend.js';
+import type { Vqgan } from '../../src/ml/models/vqgan.js';
 import { Rng } from '../../src/ml/rng.js';
 
 /** cpu backend through initCompute, which also registers tfjs' gradients (core alone has none). */
@@ -47,4 +48,13 @@ export function gradCheck(f: (x: tf.Tensor) => tf.Scalar, x: tf.Tensor, rng: Rng
 
 export function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): number {
   return tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0] as number);
+}
+
+/** ‖∂loss/∂W‖ at the decoder's last conv W, for a loss of the reconstruction of x (the adaptive GAN weight's ingredients). */
+export function decoderLastGradNorm(m: Vqgan, x: tf.Tensor4D, loss: (xrec: tf.Tensor4D) => tf.Scalar): number {
+  const w = m.params.get('decoder.conv_out.weight');
+  const { grads, value } = tf.variableGrads(() => loss(m.forward(x).xrec), [w]);
+  const n = tf.norm(grads[w.name]!).dataSync()[0]!;
+  tf.dispose([value, ...Object.values(grads)]);
+  return n;
 }

@@ -10,6 +10,7 @@ import { exportParams, LoadParamsError, type LoadMismatch } from '../../src/ml/p
 import { Rng } from '../../src/ml/rng.js';
 import { writeSafetensors, type RawTensor } from '../../src/ml/safetensors.js';
 import { randomTensor, relativeError, runOn } from '../../src/ml/selfcheck.js';
+import { decoderLastGradNorm } from './helpers.js';
 
 /** Two slices: conv 3→4 (net.slice1.0), pool, conv 4→8 (net.slice2.3). */
 const TINY: LpipsConfig = { channels: [4, 8], convsPerSlice: [1, 1] };
@@ -258,13 +259,7 @@ describe('LPIPS in the VQGAN loss', () => {
     const lam = adaptiveWeight(x, fwd.xrec, fwd.hLast, m, d, disc, { ...opts, perceptual });
     const lamPixel = adaptiveWeight(x, fwd.xrec, fwd.hLast, m, d, disc, opts);
     tf.dispose([fwd.xrec, fwd.hLast, fwd.qloss, fwd.indices, fwd.z]);
-    const w = m.params.get('decoder.conv_out.weight');
-    const gradNorm = (f: (xrec: tf.Tensor4D) => tf.Scalar): number => {
-      const { grads, value } = tf.variableGrads(() => f(m.forward(x).xrec), [w]);
-      const n = tf.norm(grads[w.name]!).dataSync()[0]!;
-      tf.dispose([value, ...Object.values(grads)]);
-      return n;
-    };
+    const gradNorm = (f: (xrec: tf.Tensor4D) => tf.Scalar): number => decoderLastGradNorm(m, x, f);
     const nRec = gradNorm((r) => tf.add(reconstructionLoss(x, r, 'l1'), perceptual(x, r)));
     const nG = gradNorm((r) => generatorLoss(discriminator(d, disc, r)));
     expect(lam).toBeCloseTo((0.8 * nRec) / (nG + 1e-4), 4);

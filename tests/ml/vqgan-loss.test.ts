@@ -14,7 +14,7 @@ import {
 } from '../../src/ml/losses/vqgan-loss.js';
 import { Vqgan } from '../../src/ml/models/vqgan.js';
 import { Rng } from '../../src/ml/rng.js';
-import { useCpu } from './helpers.js';
+import { decoderLastGradNorm, useCpu } from './helpers.js';
 
 const TINY = { ch: 8, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], z_channels: 4, n_embed: 16, embed_dim: 4, resolution: 16, num_groups: 4 };
 const DISC = { n_layers: 2, ndf: 4, in_channels: 3 };
@@ -66,13 +66,7 @@ describe('vqgan losses', () => {
     const fwd = m.forward(x);
     const lam = adaptiveWeight(x, fwd.xrec, fwd.hLast, m, d, DISC, { recLoss: 'l1', discWeight: 0.8 });
     tf.dispose([fwd.xrec, fwd.hLast, fwd.qloss, fwd.indices, fwd.z]);
-    const w = m.params.get('decoder.conv_out.weight');
-    const gradNorm = (f: (xrec: tf.Tensor4D) => tf.Scalar): number => {
-      const { grads, value } = tf.variableGrads(() => f(m.forward(x).xrec), [w]);
-      const n = tf.norm(grads[w.name]!).dataSync()[0]!;
-      tf.dispose([value, ...Object.values(grads)]);
-      return n;
-    };
+    const gradNorm = (f: (xrec: tf.Tensor4D) => tf.Scalar): number => decoderLastGradNorm(m, x, f);
     const nRec = gradNorm((r) => reconstructionLoss(x, r, 'l1'));
     const nG = gradNorm((r) => generatorLoss(discriminator(d, DISC, r)));
     expect(nRec).toBeGreaterThan(0);

@@ -4,7 +4,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { ADAMW_UPDATE, type AdamWAttrs } from '../kernels/fused.js';
-import { nativeKernels } from '../kernels/native.js';
+import { nativeFusionActive } from '../kernels/ops.js';
 import type { Params } from '../params.js';
 import { type Grads, type LearningRate, type Optimizer, type OptimizerState, OptimizerError, Slots, checkStep, lrAt, splitSlotKey } from './types.js';
 
@@ -51,7 +51,7 @@ export class AdamW implements Optimizer {
     const c1 = 1 - this.b1 ** t;
     const c2 = 1 - this.b2 ** t;
     // On wasm with the native kernels: one fused pass per parameter (the same formula, in float32).
-    const fused = tf.getBackend() === 'wasm' && nativeKernels() !== null;
+    const fused = nativeFusionActive();
     for (const [name, g] of grads) {
       const p = params.get(name);
       if (g.shape.some((d, i) => d !== p.shape[i]) || g.rank !== p.rank) {
