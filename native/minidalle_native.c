@@ -11,11 +11,20 @@
  * heap size before touching memory: a bad offset is a thrown error, never an out-of-bounds access.
  * Convolutions are NHWC with filters [kh, kw, ci, co] (tfjs' layout), lowered to im2col + sgemm in
  * row chunks so the scratch buffer stays bounded whatever the batch.
+ *
+ * Threads: OpenBLAS always runs single-threaded, in whichever thread calls it; the parallelism is this
+ * file's own pool (see "thread pool"), which splits each kernel's work into one part per thread. The
+ * convolutions of a small model are many skinny GEMMs (N = 12…48 output channels) that OpenBLAS's own
+ * threading cannot speed up, but whole row ranges of a conv, im2col included, split cleanly; and one pool
+ * for every kernel means no second set of threads spinning against ours on a small machine.
  */
 #define NAPI_VERSION 8
 #include <node_api.h>
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,19 +37,24 @@
 #endif
 #define MIN_CHUNK_ROWS ((int64_t)128)
 
-/* One scratch buffer for every call, grown on demand and kept: a fresh malloc of megabytes per conv is
- * an mmap whose page faults cost more than the im2col itself. JS calls in on one thread only. */
-static float* scratch = NULL;
-static int64_t scratch_floats = 0;
+#define MAX_THREADS 64
 
-static float* scratch_for(int64_t floats) {
-  if (floats > scratch_floats) {
-    float* grown = realloc(scratch, (size_t)floats * sizeof(float));
-    if (grown == NULL) return NULL;
-    scratch = grown;
-    scratch_floats = floats;
+/* One scratch buffer per pool thread, grown on demand and kept: a fresh malloc of megabytes per conv is
+ * an mmap whose page faults cost more than the im2col itself. Grown only from the JS thread, before a
+ * job starts; JS calls in on one thread only. */
+static float* scratch[MAX_THREADS];
+static int64_t scratch_floats[MAX_THREADS];
+
+/* Makes every thread's scratch at least `floats` long; 0 when memory runs out. */
+static int reserve_scratch(int threads, int64_t floats) {
+  for (int t = 0; t < threads; t++) {
+    if (floats <= scratch_floats[t]) continue;
+    float* grown = realloc(scratch[t], (size_t)floats * sizeof(float));
+    if (grown == NULL) return 0;
+    scratch[t] = grown;
+    scratch_floats[t] = floats;
   }
-  return scratch;
+  return 1;
 }
 
 #define CHECK(call)                                                                      \
@@ -79,6 +93,167 @@ static int inside(int64_t off, int64_t len, int64_t floats) {
   return off >= 0 && len >= 0 && off <= floats && len <= floats - off;
 }
 
+/* ---------------------------------------------------------------- thread pool
+ * `pool.size` threads in all: the JS thread, which runs part 0 of every job, and size − 1 persistent
+ * workers. A job is a function called once per part, `fn(arg, part, parts)`; each part works on its own
+ * slice of the output, so parts never write the same memory. Between jobs a worker spins for a short
+ * while (the next kernel usually follows within microseconds), then sleeps on a condition variable. */
+
+typedef void (*part_fn)(void* arg, int part, int parts);
+
+/* Below this much work (multiply-adds or elements touched) a job runs in one part: waking a worker
+ * costs more than the work. Tests set it to 1, so that tiny cases exercise every split. */
+static int64_t parallel_min_work = (int64_t)1 << 15;
+#define SPIN_NS ((int64_t)200 * 1000)
+
+static struct {
+  int size;
+  pthread_t workers[MAX_THREADS];
+  pthread_mutex_t mu;
+  pthread_cond_t wake, done;
+  part_fn fn;
+  void* arg;
+  atomic_uint generation; /* bumped once per job */
+  atomic_int pending;     /* workers still running the current job */
+  unsigned started_at;    /* the generation when the workers were started: a job after it is theirs */
+  int quit;
+} pool = {.size = 1, .mu = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
+
+static int64_t now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+/* Spins until a new job is posted or SPIN_NS pass; returns whether one was. */
+static int spin_until_generation_changes(unsigned seen) {
+  int64_t deadline = now_ns() + SPIN_NS;
+  for (int i = 1;; i++) {
+    if (atomic_load_explicit(&pool.generation, memory_order_acquire) != seen) return 1;
+    cpu_relax();
+    if ((i & 255) == 0 && now_ns() > deadline) return 0;
+  }
+}
+
+static void* pool_worker(void* arg) {
+  int part = (int)(intptr_t)arg;
+  unsigned seen = pool.started_at;
+  for (;;) {
+    spin_until_generation_changes(seen);
+    pthread_mutex_lock(&pool.mu);
+    while (atomic_load(&pool.generation) == seen && !pool.quit) pthread_cond_wait(&pool.wake, &pool.mu);
+    int quit = pool.quit;
+    pthread_mutex_unlock(&pool.mu);
+    if (quit) return NULL;
+    seen = atomic_load(&pool.generation);
+    pool.fn(pool.arg, part, pool.size);
+    if (atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_acq_rel) == 1) {
+      pthread_mutex_lock(&pool.mu);
+      pthread_cond_signal(&pool.done);
+      pthread_mutex_unlock(&pool.mu);
+    }
+  }
+}
+
+/* Runs fn over every part and returns, when all are done, how many parts there were: small jobs (see
+ * parallel_min_work) run in one. */
+static int run_parallel(part_fn fn, void* arg, int64_t work) {
+  if (pool.size == 1 || work < parallel_min_work) {
+    fn(arg, 0, 1);
+    return 1;
+  }
+  pool.fn = fn;
+  pool.arg = arg;
+  atomic_store(&pool.pending, pool.size - 1);
+  pthread_mutex_lock(&pool.mu);
+  atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
+  pthread_cond_broadcast(&pool.wake);
+  pthread_mutex_unlock(&pool.mu);
+  fn(arg, 0, pool.size);
+  int64_t deadline = now_ns() + SPIN_NS;
+  for (int i = 1; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0; i++) {
+    cpu_relax();
+    if ((i & 255) == 0 && now_ns() > deadline) break;
+  }
+  pthread_mutex_lock(&pool.mu);
+  while (atomic_load(&pool.pending) > 0) pthread_cond_wait(&pool.done, &pool.mu);
+  pthread_mutex_unlock(&pool.mu);
+  return pool.size;
+}
+
+/* Stops the workers and starts size − 1 new ones; 0 if a thread could not be started (the pool is then
+ * left at the JS thread alone). */
+static int resize_pool(int size) {
+  pthread_mutex_lock(&pool.mu);
+  pool.quit = 1;
+  pthread_cond_broadcast(&pool.wake);
+  pthread_mutex_unlock(&pool.mu);
+  for (int t = 1; t < pool.size; t++) pthread_join(pool.workers[t], NULL);
+  pool.quit = 0;
+  pool.size = 1;
+  pool.started_at = atomic_load(&pool.generation);
+  for (int t = 1; t < size; t++) {
+    if (pthread_create(&pool.workers[t], NULL, pool_worker, (void*)(intptr_t)t) != 0) {
+      pool.size = t;
+      resize_pool(1);
+      return 0;
+    }
+    pool.size = t + 1;
+  }
+  return 1;
+}
+
+/* The part-th of `parts` near-equal slices of [0, total), boundaries rounded to multiples of `align`. */
+static void part_range(int64_t total, int part, int parts, int64_t align, int64_t* r0, int64_t* r1) {
+  int64_t units = (total + align - 1) / align;
+  int64_t u0 = units * part / parts, u1 = units * (part + 1) / parts;
+  *r0 = u0 * align < total ? u0 * align : total;
+  *r1 = u1 * align < total ? u1 * align : total;
+}
+
+typedef struct {
+  bool ta, tb;
+  int64_t m, n, k, batch, aStride, bStride;
+  const float *a, *b;
+  float* c;
+} GemmJob;
+
+/* Rows [r0, r1) and columns [c0, c1) of C_i = op(A_i) op(B_i). */
+static void gemm_block(const GemmJob* j, int64_t i, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+  int64_t lda = j->ta ? j->m : j->k, ldb = j->tb ? j->k : j->n;
+  const float* a = j->a + i * j->aStride + (j->ta ? r0 : r0 * lda);
+  const float* b = j->b + i * j->bStride + (j->tb ? c0 * ldb : c0);
+  cblas_sgemm(CblasRowMajor, j->ta ? CblasTrans : CblasNoTrans, j->tb ? CblasTrans : CblasNoTrans, (int)(r1 - r0), (int)(c1 - c0), (int)j->k, 1.0f, a,
+              (int)lda, b, (int)ldb, 0.0f, j->c + i * j->m * j->n + r0 * j->n + c0, (int)j->n);
+}
+
+/* A part is a slice of the batch's rows taken together (so a batch of many small products splits as
+ * well as one tall product), or, when there are too few rows, a slice of every product's columns. */
+static void sgemm_part(void* arg, int part, int parts) {
+  const GemmJob* j = arg;
+  if (j->batch * j->m >= 8 * (int64_t)parts || parts == 1) {
+    int64_t r0, r1;
+    part_range(j->batch * j->m, part, parts, 1, &r0, &r1);
+    for (int64_t i = r0 / j->m; i * j->m < r1; i++) {
+      int64_t lo = r0 > i * j->m ? r0 - i * j->m : 0, hi = r1 < (i + 1) * j->m ? r1 - i * j->m : j->m;
+      if (hi > lo) gemm_block(j, i, lo, hi, 0, j->n);
+    }
+  } else {
+    int64_t c0, c1;
+    part_range(j->n, part, parts, 16, &c0, &c1);
+    if (c1 > c0)
+      for (int64_t i = 0; i < j->batch; i++) gemm_block(j, i, 0, j->m, c0, c1);
+  }
+}
+
 /*
  * sgemm(heap, transA, transB, m, n, k, batch, aOff, aStride, bOff, bStride, cOff)
  * For i < batch: C_i[m×n] = op(A_i) op(B_i), with A_i at aOff + i·aStride (stride 0 = shared operand),
@@ -104,12 +279,8 @@ static napi_value sgemm(napi_env env, napi_callback_info info) {
   if (!inside(aOff, (batch - 1) * aStride + m * k, floats) || !inside(bOff, (batch - 1) * bStride + k * n, floats) ||
       !inside(cOff, batch * m * n, floats))
     return fail(env, "sgemm", "an operand lies outside the heap");
-  int lda = ta ? (int)m : (int)k;
-  int ldb = tb ? (int)k : (int)n;
-  for (int64_t i = 0; i < batch; i++) {
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, 1.0f,
-                heap + aOff + i * aStride, lda, heap + bOff + i * bStride, ldb, 0.0f, heap + cOff + i * m * n, (int)n);
-  }
+  GemmJob job = {ta, tb, m, n, k, batch, aStride, bStride, heap + aOff, heap + bOff, heap + cOff};
+  run_parallel(sgemm_part, &job, batch * m * n * k);
   return NULL;
 }
 
@@ -207,79 +378,130 @@ static void col2im_add(const Geometry* g, const float* col, float* dx, int64_t r
   }
 }
 
-/* y = conv(x, f): per row chunk, y[rows, co] = col[rows, K] · f[K, co]. */
+typedef struct {
+  Geometry g;
+  const float* x; /* conv2d, backprop filter: the input */
+  const float* f; /* conv2d, backprop input: the filter */
+  float* y;       /* conv2d: the output; backprop input: dx; backprop filter: df */
+  const float* dy;
+  int64_t step;   /* rows per im2col chunk */
+} ConvJob;
+
+/* Scratch per thread: one im2col chunk, and for the filter gradient a partial df [K, co] behind it. */
+static int reserve_conv_scratch(ConvJob* j, int partial_df) {
+  j->step = chunk_rows(&j->g);
+  int64_t k = j->g.fh * j->g.fw * j->g.ci;
+  return reserve_scratch(pool.size, j->step * k + (partial_df ? k * j->g.co : 0));
+}
+
+/* y[rows, co] = col[rows, K] · f[K, co], for this part's rows, chunk by chunk (x itself is col when pointwise). */
+static void conv2d_part(void* arg, int part, int parts) {
+  const ConvJob* j = arg;
+  const Geometry* g = &j->g;
+  const int64_t k = g->fh * g->fw * g->ci;
+  int64_t r0, r1;
+  part_range(g->n * g->oh * g->ow, part, parts, 1, &r0, &r1);
+  const int64_t step = is_pointwise(g) ? r1 - r0 : j->step;
+  for (int64_t c0 = r0; c0 < r1; c0 += step) {
+    int64_t c1 = c0 + step < r1 ? c0 + step : r1;
+    const float* col = j->x + c0 * k;
+    if (!is_pointwise(g)) {
+      im2col(g, j->x, scratch[part], c0, c1);
+      col = scratch[part];
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(c1 - c0), (int)g->co, (int)k, 1.0f, col, (int)k, j->f, (int)g->co, 0.0f,
+                j->y + c0 * g->co, (int)g->co);
+  }
+}
+
+/* dcol[rows, K] = dy[rows, co] · fᵀ, scattered into dx with col2im. A part owns whole images, since the
+ * scatter of neighbouring rows of one image overlaps (pointwise: dcol is dx itself, any rows will do). */
+static void conv2d_backprop_input_part(void* arg, int part, int parts) {
+  const ConvJob* j = arg;
+  const Geometry* g = &j->g;
+  const int64_t k = g->fh * g->fw * g->ci, per_image = g->oh * g->ow;
+  int64_t b0, b1;
+  part_range(g->n, part, parts, 1, &b0, &b1);
+  const int64_t r0 = b0 * per_image, r1 = b1 * per_image;
+  if (is_pointwise(g)) {
+    if (r1 > r0)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)k, (int)g->co, 1.0f, j->dy + r0 * g->co, (int)g->co, j->f,
+                  (int)g->co, 0.0f, j->y + r0 * k, (int)k);
+    return;
+  }
+  memset(j->y + b0 * g->h * g->w * g->ci, 0, (size_t)((b1 - b0) * g->h * g->w * g->ci) * sizeof(float));
+  for (int64_t c0 = r0; c0 < r1; c0 += j->step) {
+    int64_t c1 = c0 + j->step < r1 ? c0 + j->step : r1;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(c1 - c0), (int)k, (int)g->co, 1.0f, j->dy + c0 * g->co, (int)g->co, j->f,
+                (int)g->co, 0.0f, scratch[part], (int)k);
+    col2im_add(g, scratch[part], j->y, c0, c1);
+  }
+}
+
+/* This part's df [K, co] = Σ_chunks col[rows, K]ᵀ · dy[rows, co]: into df for part 0, else into the
+ * part's partial (summed by the caller). */
+static void conv2d_backprop_filter_part(void* arg, int part, int parts) {
+  const ConvJob* j = arg;
+  const Geometry* g = &j->g;
+  const int64_t k = g->fh * g->fw * g->ci;
+  float* df = part == 0 ? j->y : scratch[part] + j->step * k;
+  int64_t r0, r1;
+  part_range(g->n * g->oh * g->ow, part, parts, 1, &r0, &r1);
+  if (r1 == r0) memset(df, 0, (size_t)(k * g->co) * sizeof(float));
+  const int64_t step = is_pointwise(g) ? r1 - r0 : j->step;
+  for (int64_t c0 = r0; c0 < r1; c0 += step) {
+    int64_t c1 = c0 + step < r1 ? c0 + step : r1;
+    const float* col = j->x + c0 * k;
+    if (!is_pointwise(g)) {
+      im2col(g, j->x, scratch[part], c0, c1);
+      col = scratch[part];
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)g->co, (int)(c1 - c0), 1.0f, col, (int)k, j->dy + c0 * g->co, (int)g->co,
+                c0 == r0 ? 0.0f : 1.0f, df, (int)g->co);
+  }
+}
+
+static int64_t conv_work(const Geometry* g) {
+  return g->n * g->oh * g->ow * g->fh * g->fw * g->ci * g->co;
+}
+
+/* conv2d(heap, xOff, fOff, yOff, geometry…): y = conv(x, f). */
 static napi_value conv2d(napi_env env, napi_callback_info info) {
   float* heap;
   int64_t off[3];
-  Geometry g;
-  if (!geometry_args(env, info, "conv2d", &heap, off, &g)) return NULL;
-  const float *x = heap + off[0], *f = heap + off[1];
-  float* y = heap + off[2];
-  const int64_t k = g.fh * g.fw * g.ci, total = g.n * g.oh * g.ow;
-  if (is_pointwise(&g)) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)total, (int)g.co, (int)k, 1.0f, x, (int)k, f, (int)g.co, 0.0f, y, (int)g.co);
-    return NULL;
-  }
-  int64_t step = chunk_rows(&g);
-  float* col = scratch_for(step * k);
-  if (col == NULL) return fail(env, "conv2d", "out of memory for the im2col buffer");
-  for (int64_t r0 = 0; r0 < total; r0 += step) {
-    int64_t r1 = r0 + step < total ? r0 + step : total;
-    im2col(&g, x, col, r0, r1);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), (int)g.co, (int)k, 1.0f, col, (int)k, f, (int)g.co, 0.0f,
-                y + r0 * g.co, (int)g.co);
-  }
+  ConvJob j = {0};
+  if (!geometry_args(env, info, "conv2d", &heap, off, &j.g)) return NULL;
+  j.x = heap + off[0], j.f = heap + off[1], j.y = heap + off[2];
+  if (!reserve_conv_scratch(&j, 0)) return fail(env, "conv2d", "out of memory for the im2col buffers");
+  run_parallel(conv2d_part, &j, conv_work(&j.g));
   return NULL;
 }
 
-/* dx = conv input gradient: dcol[rows, K] = dy[rows, co] · fᵀ, scattered back with col2im. Args as conv2d with (dx, f, dy). */
+/* conv2dBackpropInput(heap, dxOff, fOff, dyOff, geometry…): dx, the gradient of conv2d's input. */
 static napi_value conv2d_backprop_input(napi_env env, napi_callback_info info) {
   float* heap;
   int64_t off[3];
-  Geometry g;
-  if (!geometry_args(env, info, "conv2dBackpropInput", &heap, off, &g)) return NULL;
-  float* dx = heap + off[0];
-  const float *f = heap + off[1], *dy = heap + off[2];
-  const int64_t k = g.fh * g.fw * g.ci, total = g.n * g.oh * g.ow;
-  if (is_pointwise(&g)) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)total, (int)k, (int)g.co, 1.0f, dy, (int)g.co, f, (int)g.co, 0.0f, dx, (int)k);
-    return NULL;
-  }
-  memset(dx, 0, (size_t)(g.n * g.h * g.w * g.ci) * sizeof(float));
-  int64_t step = chunk_rows(&g);
-  float* col = scratch_for(step * k);
-  if (col == NULL) return fail(env, "conv2dBackpropInput", "out of memory for the col2im buffer");
-  for (int64_t r0 = 0; r0 < total; r0 += step) {
-    int64_t r1 = r0 + step < total ? r0 + step : total;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)k, (int)g.co, 1.0f, dy + r0 * g.co, (int)g.co, f, (int)g.co,
-                0.0f, col, (int)k);
-    col2im_add(&g, col, dx, r0, r1);
-  }
+  ConvJob j = {0};
+  if (!geometry_args(env, info, "conv2dBackpropInput", &heap, off, &j.g)) return NULL;
+  j.y = heap + off[0], j.f = heap + off[1], j.dy = heap + off[2];
+  if (!reserve_conv_scratch(&j, 0)) return fail(env, "conv2dBackpropInput", "out of memory for the col2im buffers");
+  run_parallel(conv2d_backprop_input_part, &j, conv_work(&j.g));
   return NULL;
 }
 
-/* df = conv filter gradient: df[K, co] = Σ_chunks col[rows, K]ᵀ · dy[rows, co]. Args as conv2d with (x, df, dy). */
+/* conv2dBackpropFilter(heap, xOff, dfOff, dyOff, geometry…): df, the gradient of conv2d's filter. */
 static napi_value conv2d_backprop_filter(napi_env env, napi_callback_info info) {
   float* heap;
   int64_t off[3];
-  Geometry g;
-  if (!geometry_args(env, info, "conv2dBackpropFilter", &heap, off, &g)) return NULL;
-  const float* x = heap + off[0];
-  float* df = heap + off[1];
-  const float* dy = heap + off[2];
-  const int64_t k = g.fh * g.fw * g.ci, total = g.n * g.oh * g.ow;
-  if (is_pointwise(&g)) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)g.co, (int)total, 1.0f, x, (int)k, dy, (int)g.co, 0.0f, df, (int)g.co);
-    return NULL;
-  }
-  int64_t step = chunk_rows(&g);
-  float* col = scratch_for(step * k);
-  if (col == NULL) return fail(env, "conv2dBackpropFilter", "out of memory for the im2col buffer");
-  for (int64_t r0 = 0; r0 < total; r0 += step) {
-    int64_t r1 = r0 + step < total ? r0 + step : total;
-    im2col(&g, x, col, r0, r1);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)g.co, (int)(r1 - r0), 1.0f, col, (int)k, dy + r0 * g.co, (int)g.co,
-                r0 == 0 ? 0.0f : 1.0f, df, (int)g.co);
+  ConvJob j = {0};
+  if (!geometry_args(env, info, "conv2dBackpropFilter", &heap, off, &j.g)) return NULL;
+  j.x = heap + off[0], j.y = heap + off[1], j.dy = heap + off[2];
+  if (!reserve_conv_scratch(&j, 1)) return fail(env, "conv2dBackpropFilter", "out of memory for the im2col buffers");
+  const int64_t kc = j.g.fh * j.g.fw * j.g.ci * j.g.co;
+  int parts = run_parallel(conv2d_backprop_filter_part, &j, conv_work(&j.g));
+  for (int t = 1; t < parts; t++) {
+    const float* partial = scratch[t] + j.step * j.g.fh * j.g.fw * j.g.ci;
+    for (int64_t i = 0; i < kc; i++) j.y[i] += partial[i];
   }
   return NULL;
 }
@@ -424,6 +646,40 @@ static napi_value sparse_xent_grad(napi_env env, napi_callback_info info) {
 
 /* ---------------------------------------------------------------- unary functions */
 
+/* An elementwise loop over n floats, run in slices; exactly one of the loop pointers is set. */
+typedef struct ElementwiseJob {
+  int64_t n;
+  const float* in[4];
+  float* out[3];
+  float hyper[7];
+  void (*unary)(const float* x, float* y, int64_t n);
+  void (*binary)(const float* a, const float* b, float* y, int64_t n);
+  int64_t b_period; /* binary: b repeats every b_period elements (= n when it does not broadcast) */
+  void (*swish_grad)(const float* x, const float* dy, float* dx, int64_t n);
+  void (*adamw)(const float* p, const float* m, const float* v, const float* g, float* po, float* mo, float* vo, int64_t n, float lr, float b1,
+                float b2, float c1, float c2, float eps, float wd);
+} ElementwiseJob;
+
+static void elementwise_part(void* arg, int part, int parts) {
+  const ElementwiseJob* j = arg;
+  int64_t i0, i1;
+  part_range(j->n, part, parts, 16, &i0, &i1); /* 64-byte slices: no cache line is written by two threads */
+  const int64_t n = i1 - i0;
+  if (n <= 0) return;
+  const float* const* in = j->in;
+  float* const* out = j->out;
+  const float* h = j->hyper;
+  if (j->unary) j->unary(in[0] + i0, out[0] + i0, n);
+  else if (j->binary) {
+    for (int64_t i = i0; i < i1;) {
+      int64_t at = i % j->b_period, len = j->b_period - at < i1 - i ? j->b_period - at : i1 - i;
+      j->binary(in[0] + i, in[1] + at, out[0] + i, len);
+      i += len;
+    }
+  } else if (j->swish_grad) j->swish_grad(in[0] + i0, in[1] + i0, out[0] + i0, n);
+  else j->adamw(in[0] + i0, in[1] + i0, in[2] + i0, in[3] + i0, out[0] + i0, out[1] + i0, out[2] + i0, n, h[0], h[1], h[2], h[3], h[4], h[5], h[6]);
+}
+
 VECTORISED static void unary_tanh(const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] = tanhf(x[i]);
 }
@@ -453,16 +709,41 @@ static napi_value unary(napi_env env, napi_callback_info info) {
     if (!int_arg(env, argv[1 + i], &v[i])) return fail(env, "unary", "op, offsets and size must be integers");
   int64_t op = v[0], n = v[3];
   if (n <= 0 || !inside(v[1], n, floats) || !inside(v[2], n, floats)) return fail(env, "unary", "a tensor lies outside the heap");
-  const float* x = heap + v[1];
-  float* y = heap + v[2];
-  switch (op) {
-    case 0: unary_tanh(x, y, n); break;
-    case 1: unary_exp(x, y, n); break;
-    case 2: unary_erf(x, y, n); break;
-    case 3: unary_sigmoid(x, y, n); break;
-    case 4: unary_swish(x, y, n); break;
-    default: return fail(env, "unary", "unknown op");
-  }
+  static void (*const loops[])(const float*, float*, int64_t) = {unary_tanh, unary_exp, unary_erf, unary_sigmoid, unary_swish};
+  if (op < 0 || op >= (int64_t)(sizeof loops / sizeof loops[0])) return fail(env, "unary", "unknown op");
+  ElementwiseJob j = {.n = n, .in = {heap + v[1]}, .out = {heap + v[2]}, .unary = loops[op]};
+  run_parallel(elementwise_part, &j, n);
+  return NULL;
+}
+
+VECTORISED static void binary_add(const float* a, const float* b, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+}
+VECTORISED static void binary_sub(const float* a, const float* b, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = a[i] - b[i];
+}
+VECTORISED static void binary_mul(const float* a, const float* b, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = a[i] * b[i];
+}
+
+/* binary(heap, op, aOff, bOff, yOff, n, bn): y[i] = a[i] ∘ b[i mod bn] with ∘ = add (0), sub (1), mul (2);
+ * bn divides n (bn < n: b broadcast along a's leading axes, e.g. a bias). */
+static napi_value binary(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  float* heap;
+  int64_t floats, v[6];
+  if (argc != 7 || !heap_of(env, argv[0], &heap, &floats)) return fail(env, "binary", "expected (heap, op, aOff, bOff, yOff, n, bn)");
+  for (int i = 0; i < 6; i++)
+    if (!int_arg(env, argv[1 + i], &v[i])) return fail(env, "binary", "op, offsets and sizes must be integers");
+  int64_t op = v[0], n = v[4], bn = v[5];
+  if (n <= 0 || bn <= 0 || n % bn != 0) return fail(env, "binary", "sizes must be positive, and bn must divide n");
+  if (!inside(v[1], n, floats) || !inside(v[2], bn, floats) || !inside(v[3], n, floats)) return fail(env, "binary", "a tensor lies outside the heap");
+  static void (*const loops[])(const float*, const float*, float*, int64_t) = {binary_add, binary_sub, binary_mul};
+  if (op < 0 || op >= (int64_t)(sizeof loops / sizeof loops[0])) return fail(env, "binary", "unknown op");
+  ElementwiseJob j = {.n = n, .in = {heap + v[1], heap + v[2]}, .out = {heap + v[3]}, .binary = loops[op], .b_period = bn};
+  run_parallel(elementwise_part, &j, n);
   return NULL;
 }
 
@@ -485,7 +766,8 @@ static napi_value swish_grad(napi_env env, napi_callback_info info) {
     if (!int_arg(env, argv[1 + i], &v[i])) return fail(env, "swishGrad", "offsets and size must be integers");
   int64_t n = v[3];
   if (n <= 0 || !inside(v[0], n, floats) || !inside(v[1], n, floats) || !inside(v[2], n, floats)) return fail(env, "swishGrad", "a tensor lies outside the heap");
-  swish_grad_loop(heap + v[0], heap + v[1], heap + v[2], n);
+  ElementwiseJob j = {.n = n, .in = {heap + v[0], heap + v[1]}, .out = {heap + v[2]}, .swish_grad = swish_grad_loop};
+  run_parallel(elementwise_part, &j, n);
   return NULL;
 }
 
@@ -553,106 +835,138 @@ VECTORISED static void channel_affine(float* out, const float* x, const float* a
   }
 }
 
-/* groupNorm(heap, xOff, wOff, bOff, yOff, meanOff, rstdOff, b, hw, c, groups, eps):
- * y = (x − mean)·rstd·w + bias, as y = a[c]·x + s[c] with a = rstd·w, s = bias − mean·a; mean and rstd
- * [b, groups] are kept for the gradient. Variance is E[x²] − mean², accumulated in double. */
-static napi_value group_norm(napi_env env, napi_callback_info info) {
-  float* heap;
-  int64_t off[6];
+typedef struct {
   NormShape s;
-  int64_t floats;
   double eps;
-  if (!norm_args(env, info, "groupNorm", 12, &heap, &floats, off, &s, &eps)) return NULL;
-  int64_t n = s.b * s.hw * s.c, cg = s.c / s.g;
-  if (!inside(off[0], n, floats) || !inside(off[1], s.c, floats) || !inside(off[2], s.c, floats) || !inside(off[3], n, floats) ||
-      !inside(off[4], s.b * s.g, floats) || !inside(off[5], s.b * s.g, floats))
-    return fail(env, "groupNorm", "a tensor lies outside the heap");
-  const float *x = heap + off[0], *w = heap + off[1], *bias = heap + off[2];
-  float *y = heap + off[3], *mean = heap + off[4], *rstd = heap + off[5];
-  double* sums = malloc((size_t)(2 * s.c) * sizeof(double));
-  float* coef = malloc((size_t)(2 * s.c) * sizeof(float));
-  if (sums == NULL || coef == NULL) {
-    free(sums);
-    free(coef);
-    return fail(env, "groupNorm", "out of memory");
-  }
+  const float *x, *w, *bias, *mean, *rstd, *dy;
+  float *y, *mean_out, *rstd_out;
+  double* sums;  /* per part: groupNorm 2·c, groupNormGrad 4·c (the last 2·c its dw, dbias partials) */
+  float* coef;   /* per part: 3·c */
+} NormJob;
+
+/* Allocates the per-part buffers of a NormJob; 0 when memory runs out. */
+static int norm_buffers(NormJob* j) {
+  j->sums = malloc((size_t)(pool.size * 4 * j->s.c) * sizeof(double));
+  j->coef = malloc((size_t)(pool.size * 3 * j->s.c) * sizeof(float));
+  if (j->sums != NULL && j->coef != NULL) return 1;
+  free(j->sums);
+  free(j->coef);
+  return 0;
+}
+
+/* This part's images: y = a[c]·x + s[c] with a = rstd·w, s = bias − mean·a. */
+static void group_norm_part(void* arg, int part, int parts) {
+  const NormJob* j = arg;
+  const NormShape s = j->s;
+  const int64_t cg = s.c / s.g;
+  double* sums = j->sums + part * 4 * s.c;
+  float* coef = j->coef + part * 3 * s.c;
   const double count = (double)(s.hw * cg);
-  for (int64_t b = 0; b < s.b; b++) {
-    const float* xb = x + b * s.hw * s.c;
+  int64_t b0, b1;
+  part_range(s.b, part, parts, 1, &b0, &b1);
+  for (int64_t b = b0; b < b1; b++) {
+    const float* xb = j->x + b * s.hw * s.c;
     channel_sums(xb, xb, s.hw, s.c, sums, sums + s.c);
     for (int64_t g = 0; g < s.g; g++) {
       double m = 0, sq = 0;
       for (int64_t k = g * cg; k < (g + 1) * cg; k++) m += sums[k], sq += sums[s.c + k];
       m /= count;
       double var = sq / count - m * m;
-      float r = (float)(1.0 / sqrt((var > 0 ? var : 0) + eps));
-      mean[b * s.g + g] = (float)m;
-      rstd[b * s.g + g] = r;
+      float r = (float)(1.0 / sqrt((var > 0 ? var : 0) + j->eps));
+      j->mean_out[b * s.g + g] = (float)m;
+      j->rstd_out[b * s.g + g] = r;
       for (int64_t k = g * cg; k < (g + 1) * cg; k++) {
-        coef[k] = r * w[k];
-        coef[s.c + k] = bias[k] - (float)m * coef[k];
+        coef[k] = r * j->w[k];
+        coef[s.c + k] = j->bias[k] - (float)m * coef[k];
       }
     }
-    channel_affine(y + b * s.hw * s.c, xb, coef, coef + s.c, NULL, NULL, s.hw, s.c);
+    channel_affine(j->y + b * s.hw * s.c, xb, coef, coef + s.c, NULL, NULL, s.hw, s.c);
   }
-  free(sums);
-  free(coef);
+}
+
+/* groupNorm(heap, xOff, wOff, bOff, yOff, meanOff, rstdOff, b, hw, c, groups, eps):
+ * y = (x − mean)·rstd·w + bias; mean and rstd [b, groups] are kept for the gradient. Variance is
+ * E[x²] − mean², accumulated in double. Parts split the images. */
+static napi_value group_norm(napi_env env, napi_callback_info info) {
+  float* heap;
+  int64_t off[6];
+  NormJob j = {0};
+  int64_t floats;
+  if (!norm_args(env, info, "groupNorm", 12, &heap, &floats, off, &j.s, &j.eps)) return NULL;
+  int64_t n = j.s.b * j.s.hw * j.s.c;
+  if (!inside(off[0], n, floats) || !inside(off[1], j.s.c, floats) || !inside(off[2], j.s.c, floats) || !inside(off[3], n, floats) ||
+      !inside(off[4], j.s.b * j.s.g, floats) || !inside(off[5], j.s.b * j.s.g, floats))
+    return fail(env, "groupNorm", "a tensor lies outside the heap");
+  j.x = heap + off[0], j.w = heap + off[1], j.bias = heap + off[2];
+  j.y = heap + off[3], j.mean_out = heap + off[4], j.rstd_out = heap + off[5];
+  if (!norm_buffers(&j)) return fail(env, "groupNorm", "out of memory");
+  run_parallel(group_norm_part, &j, n);
+  free(j.sums);
+  free(j.coef);
   return NULL;
+}
+
+/* This part's images: dx = A·dy + B·x + C per channel; its dw and dbias partials into sums[2c…4c). */
+static void group_norm_grad_part(void* arg, int part, int parts) {
+  const NormJob* j = arg;
+  const NormShape s = j->s;
+  const int64_t cg = s.c / s.g;
+  double *s1 = j->sums + part * 4 * s.c, *s2 = s1 + s.c, *dw_acc = s1 + 2 * s.c, *db_acc = s1 + 3 * s.c;
+  float* coef = j->coef + part * 3 * s.c;
+  memset(dw_acc, 0, (size_t)(2 * s.c) * sizeof(double));
+  const double count = (double)(s.hw * cg);
+  int64_t b0, b1;
+  part_range(s.b, part, parts, 1, &b0, &b1);
+  for (int64_t b = b0; b < b1; b++) {
+    const float *xb = j->x + b * s.hw * s.c, *dyb = j->dy + b * s.hw * s.c;
+    channel_sums(dyb, xb, s.hw, s.c, s1, s2);
+    for (int64_t g = 0; g < s.g; g++) {
+      double m = j->mean[b * s.g + g], r = j->rstd[b * s.g + g], sum_g = 0, sum_gx = 0;
+      for (int64_t k = g * cg; k < (g + 1) * cg; k++) {
+        double dyxh = r * (s2[k] - m * s1[k]); /* Σ_p dy·x̂ for channel k */
+        dw_acc[k] += dyxh;
+        db_acc[k] += s1[k];
+        sum_g += j->w[k] * s1[k];
+        sum_gx += j->w[k] * dyxh;
+      }
+      double mg = sum_g / count, mgx = sum_gx / count;
+      for (int64_t k = g * cg; k < (g + 1) * cg; k++) {
+        coef[k] = (float)(r * j->w[k]);                     /* A: times dy */
+        coef[s.c + k] = (float)(-r * r * mgx);              /* B: times x */
+        coef[2 * s.c + k] = (float)(r * (m * r * mgx - mg)); /* C */
+      }
+    }
+    channel_affine(j->y + b * s.hw * s.c, xb, coef + s.c, coef + 2 * s.c, dyb, coef, s.hw, s.c);
+  }
 }
 
 /* groupNormGrad(heap, xOff, wOff, meanOff, rstdOff, dyOff, dxOff, dwOff, dbOff, b, hw, c, groups):
  * with x̂ = (x − m)·r and g = dy·w, per group: dx = r·(g − mean(g) − x̂·mean(g·x̂)), which is the
  * per-channel map dx = A·dy + B·x + C; dw = Σ dy·x̂ and dbias = Σ dy over images and pixels. Every
- * group sum follows from the channel sums S1 = Σ dy and S2 = Σ dy·x. */
+ * group sum follows from the channel sums S1 = Σ dy and S2 = Σ dy·x. Parts split the images. */
 static napi_value group_norm_grad(napi_env env, napi_callback_info info) {
   float* heap;
   int64_t off[8];
-  NormShape s;
+  NormJob j = {0};
   int64_t floats;
-  if (!norm_args(env, info, "groupNormGrad", 13, &heap, &floats, off, &s, NULL)) return NULL;
-  int64_t n = s.b * s.hw * s.c, cg = s.c / s.g;
+  if (!norm_args(env, info, "groupNormGrad", 13, &heap, &floats, off, &j.s, NULL)) return NULL;
+  const NormShape s = j.s;
+  int64_t n = s.b * s.hw * s.c;
   if (!inside(off[0], n, floats) || !inside(off[1], s.c, floats) || !inside(off[2], s.b * s.g, floats) || !inside(off[3], s.b * s.g, floats) ||
       !inside(off[4], n, floats) || !inside(off[5], n, floats) || !inside(off[6], s.c, floats) || !inside(off[7], s.c, floats))
     return fail(env, "groupNormGrad", "a tensor lies outside the heap");
-  const float *x = heap + off[0], *w = heap + off[1], *mean = heap + off[2], *rstd = heap + off[3], *dy = heap + off[4];
-  float *dx = heap + off[5], *dw = heap + off[6], *db = heap + off[7];
-  double* sums = malloc((size_t)(4 * s.c) * sizeof(double));
-  float* coef = malloc((size_t)(3 * s.c) * sizeof(float));
-  if (sums == NULL || coef == NULL) {
-    free(sums);
-    free(coef);
-    return fail(env, "groupNormGrad", "out of memory");
-  }
-  double *s1 = sums, *s2 = sums + s.c, *dw_acc = sums + 2 * s.c, *db_acc = sums + 3 * s.c;
-  memset(dw_acc, 0, (size_t)(2 * s.c) * sizeof(double));
-  const double count = (double)(s.hw * cg);
-  for (int64_t b = 0; b < s.b; b++) {
-    const float *xb = x + b * s.hw * s.c, *dyb = dy + b * s.hw * s.c;
-    channel_sums(dyb, xb, s.hw, s.c, s1, s2);
-    for (int64_t g = 0; g < s.g; g++) {
-      double m = mean[b * s.g + g], r = rstd[b * s.g + g], sum_g = 0, sum_gx = 0;
-      for (int64_t k = g * cg; k < (g + 1) * cg; k++) {
-        double dyxh = r * (s2[k] - m * s1[k]); /* Σ_p dy·x̂ for channel k */
-        dw_acc[k] += dyxh;
-        db_acc[k] += s1[k];
-        sum_g += w[k] * s1[k];
-        sum_gx += w[k] * dyxh;
-      }
-      double mg = sum_g / count, mgx = sum_gx / count;
-      for (int64_t k = g * cg; k < (g + 1) * cg; k++) {
-        coef[k] = (float)(r * w[k]);                        /* A: times dy */
-        coef[s.c + k] = (float)(-r * r * mgx);              /* B: times x */
-        coef[2 * s.c + k] = (float)(r * (m * r * mgx - mg)); /* C */
-      }
-    }
-    channel_affine(dx + b * s.hw * s.c, xb, coef + s.c, coef + 2 * s.c, dyb, coef, s.hw, s.c);
-  }
+  j.x = heap + off[0], j.w = heap + off[1], j.mean = heap + off[2], j.rstd = heap + off[3], j.dy = heap + off[4], j.y = heap + off[5];
+  float *dw = heap + off[6], *db = heap + off[7];
+  if (!norm_buffers(&j)) return fail(env, "groupNormGrad", "out of memory");
+  int parts = run_parallel(group_norm_grad_part, &j, n);
   for (int64_t k = 0; k < s.c; k++) {
-    dw[k] = (float)dw_acc[k];
-    db[k] = (float)db_acc[k];
+    double dw_k = 0, db_k = 0;
+    for (int t = 0; t < parts; t++) dw_k += j.sums[t * 4 * s.c + 2 * s.c + k], db_k += j.sums[t * 4 * s.c + 3 * s.c + k];
+    dw[k] = (float)dw_k;
+    db[k] = (float)db_k;
   }
-  free(sums);
-  free(coef);
+  free(j.sums);
+  free(j.coef);
   return NULL;
 }
 
@@ -691,19 +1005,26 @@ static napi_value adamw(napi_env env, napi_callback_info info) {
   if (n <= 0) return fail(env, "adamw", "size must be positive");
   for (int i = 0; i < 7; i++)
     if (!inside(off[i], n, floats)) return fail(env, "adamw", "a tensor lies outside the heap");
-  adamw_loop(heap + off[0], heap + off[1], heap + off[2], heap + off[3], heap + off[4], heap + off[5], heap + off[6], n, (float)h[0], (float)h[1],
-             (float)h[2], (float)h[3], (float)h[4], (float)h[5], (float)h[6]);
+  ElementwiseJob j = {.n = n, .in = {heap + off[0], heap + off[1], heap + off[2], heap + off[3]}, .out = {heap + off[4], heap + off[5], heap + off[6]},
+                      .adamw = adamw_loop};
+  for (int i = 0; i < 7; i++) j.hyper[i] = (float)h[i];
+  run_parallel(elementwise_part, &j, n);
   return NULL;
 }
 
-/* setThreads(n): OpenBLAS worker threads (≥ 1). */
+/* setThreads(n[, minParallelWork]): threads of the pool, the JS thread included (1 … MAX_THREADS), and
+ * optionally the work below which a job runs in one part. */
 static napi_value set_threads(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+  size_t argc = 2;
+  napi_value argv[2];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int64_t n;
-  if (argc != 1 || !int_arg(env, argv[0], &n) || n < 1 || n > 1024) return fail(env, "setThreads", "expected a thread count ≥ 1");
-  openblas_set_num_threads((int)n);
+  int64_t n, min_work = parallel_min_work;
+  if (argc < 1 || !int_arg(env, argv[0], &n) || n < 1 || n > MAX_THREADS) return fail(env, "setThreads", "expected a thread count from 1 to 64");
+  napi_valuetype second = napi_undefined;
+  if (argc > 1) CHECK(napi_typeof(env, argv[1], &second));
+  if (second != napi_undefined && (!int_arg(env, argv[1], &min_work) || min_work < 1)) return fail(env, "setThreads", "minParallelWork must be a whole number ≥ 1");
+  if (n != pool.size && !resize_pool((int)n)) return fail(env, "setThreads", "could not start the worker threads");
+  parallel_min_work = min_work;
   return NULL;
 }
 
@@ -716,12 +1037,13 @@ static napi_value blas_info(napi_env env, napi_callback_info info) {
   CHECK(napi_set_named_property(env, obj, "blas", s));
   CHECK(napi_create_string_utf8(env, openblas_get_corename(), NAPI_AUTO_LENGTH, &s));
   CHECK(napi_set_named_property(env, obj, "core", s));
-  CHECK(napi_create_int32(env, openblas_get_num_threads(), &s));
+  CHECK(napi_create_int32(env, pool.size, &s));
   CHECK(napi_set_named_property(env, obj, "threads", s));
   return obj;
 }
 
 static napi_value init(napi_env env, napi_value exports) {
+  openblas_set_num_threads(1); /* see "Threads" at the top */
   const napi_property_descriptor fns[] = {
       {"sgemm", NULL, sgemm, NULL, NULL, NULL, napi_enumerable, NULL},
       {"conv2d", NULL, conv2d, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -731,6 +1053,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"sparseXent", NULL, sparse_xent, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sparseXentGrad", NULL, sparse_xent_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"unary", NULL, unary, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"binary", NULL, binary, NULL, NULL, NULL, napi_enumerable, NULL},
       {"swishGrad", NULL, swish_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"groupNorm", NULL, group_norm, NULL, NULL, NULL, napi_enumerable, NULL},
       {"groupNormGrad", NULL, group_norm_grad, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -120,12 +120,15 @@ function requested(options: ComputeOptions): BackendName | undefined {
   return choice as BackendName;
 }
 
+/** The native kernels' pool holds at most this many threads (MAX_THREADS in native/minidalle_native.c). */
+const MAX_THREADS = 64;
+
 function requestedThreads(options: ComputeOptions): number {
   const fromEnv = process.env['MINIDALLE_THREADS'];
-  if (options.threads === undefined && (fromEnv === undefined || fromEnv === '')) return availableParallelism();
+  if (options.threads === undefined && (fromEnv === undefined || fromEnv === '')) return Math.min(availableParallelism(), MAX_THREADS);
   const n = options.threads ?? Number(fromEnv);
-  if (!Number.isInteger(n) || n < 1) {
-    throw new ComputeBackendError(`${options.threads !== undefined ? 'options.threads' : 'MINIDALLE_THREADS'} is '${options.threads ?? fromEnv}'; expected a whole number ≥ 1`);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_THREADS) {
+    throw new ComputeBackendError(`${options.threads !== undefined ? 'options.threads' : 'MINIDALLE_THREADS'} is '${options.threads ?? fromEnv}'; expected a whole number from 1 to ${MAX_THREADS}`);
   }
   return n;
 }

@@ -29,7 +29,7 @@ describe('initCompute', () => {
     expect(info).toMatchObject({ backend: 'wasm', version: tf.version_core });
     expect(info.kernels).toEqual([
       'Conv2D', 'Conv2DBackpropFilter', 'Conv2DBackpropInput', 'UnsortedSegmentSum', 'BatchMatMul', 'Identity', 'Cast', 'Sum',
-      'Tanh', 'Exp', 'Erf', 'Sigmoid', 'MinidalleSparseXent', 'MinidalleSparseXentGrad', 'MinidalleAdamW',
+      'Tanh', 'Exp', 'Erf', 'Sigmoid', 'Add', 'Sub', 'Multiply', 'MinidalleSparseXent', 'MinidalleSparseXentGrad', 'MinidalleAdamW',
       'MinidalleGroupNorm', 'MinidalleGroupNormGrad', 'MinidalleSwish', 'MinidalleSwishGrad',
     ]);
     // The native kernels are used when built; CI builds them and sets MINIDALLE_NATIVE=require.

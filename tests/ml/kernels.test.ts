@@ -19,9 +19,10 @@ beforeAll(async () => {
  */
 const nativeBuilt = loadNativeKernels().available || nativeMode() === 'require';
 function forEachPath(body: () => void): void {
-  for (const path of ['wasm', 'native'] as const) {
-    (path === 'native' && !nativeBuilt ? describe.skip : describe)(`${path} path`, () => {
-      beforeAll(() => useNativeKernels(path === 'native', 2));
+  // 'native split': 3 threads and every job split however small, so parts are uneven or empty.
+  for (const path of ['wasm', 'native', 'native split'] as const) {
+    (path !== 'wasm' && !nativeBuilt ? describe.skip : describe)(`${path} path`, () => {
+      beforeAll(() => (path === 'native split' ? useNativeKernels(true, 3, 1) : useNativeKernels(path === 'native', 2, 1 << 15)));
       body();
     });
   }
@@ -282,6 +283,33 @@ describe('memory-bound kernels on wasm match cpu', () => forEachPath(() => {
     });
   }
 
+  // [a, b]: same shape, bias-like broadcasts on either side (the commutative ops swap), leading 1s, and
+  // broadcasts the native loop does not take (stock kernel): middle axes, both sides, a Sub with a smaller a.
+  const binaries: [number[], number[]][] = [
+    [[3, 7, 5], [3, 7, 5]],
+    [[3, 7, 5], [5]],
+    [[5], [3, 7, 5]],
+    [[3, 7, 5], [1, 7, 5]],
+    [[3, 7, 5], [1, 1, 1]],
+    [[3, 7, 5], [3, 1, 5]],
+    [[3, 1, 5], [1, 7, 1]],
+  ];
+  for (const [name, op] of [['add', tf.add], ['sub', tf.sub], ['mul', tf.mul]] as const) {
+    for (const [a, b] of binaries) {
+      it(`${name} ${a.join('×')} with ${b.join('×')}, and its gradients`, async () => {
+        await expectSameOnWasmAndCpu(() => {
+          const x = randomTensor(a, 97);
+          const y = randomTensor(b, 98);
+          return [op(x, y), ...tf.grads((s: tf.Tensor, t: tf.Tensor) => tf.sum(tf.mul(op(s, t), op(s, t))))([x, y])];
+        });
+      });
+    }
+  }
+  it('int32 Add still runs (the stock kernel)', async () => {
+    const [got] = await runOn('wasm', () => tf.add(tf.tensor1d([1, 2, 3], 'int32'), tf.tensor1d([4, 5, 6], 'int32')));
+    expect([...got!.values]).toEqual([5, 7, 9]);
+  });
+
   it('Identity and same-dtype Cast share the data (no copy) and survive the source being disposed', async () => {
     const [got] = await runOn('wasm', () => {
       const x = randomTensor([4, 3], 96);
@@ -328,7 +356,7 @@ describe('GroupNorm and swish (fused native kernels on the native path)', () => 
 describe('fused AdamW kernel', () => {
   it.skipIf(!nativeBuilt)('matches the tf-op AdamW on wasm over 3 steps, with and without decay', async () => {
     const run = (native: boolean): Float32Array[] => {
-      useNativeKernels(native, 2);
+      useNativeKernels(native, 3, 1); // every tensor split three ways
       const p = new Params();
       p.add('a.weight', tf.tidy(() => tf.mul(randomTensor([33, 17], 97), 0.5)));
       p.add('a.bias', randomTensor([17], 98));

@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { batchMatMulConfig, batchMatMulGradConfig } from './batch-matmul.js';
 import { cpuResizeNearestNeighborGradConfig } from './cpu-resize-grad.js';
 import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig, conv2DConfig } from './conv.js';
-import { castConfig, identityConfig, sumConfig, UNARY_KERNELS, unaryConfigs } from './elementwise.js';
+import { BINARY_KERNELS, binaryConfigs, castConfig, identityConfig, sumConfig, UNARY_KERNELS, unaryConfigs } from './elementwise.js';
 import { unsortedSegmentSumConfig } from './segment-sum.js';
 import { adamwUpdateConfig, groupNormConfig, groupNormGradConfig, sparseXentConfig, sparseXentGradConfig, swishConfig, swishGradConfig } from './fused.js';
 import { captureStockKernels } from './wasm-heap.js';
@@ -25,6 +25,7 @@ export const WASM_KERNELS: readonly tf.KernelConfig[] = [
   castConfig,
   sumConfig,
   ...unaryConfigs,
+  ...binaryConfigs,
   sparseXentConfig,
   sparseXentGradConfig,
   adamwUpdateConfig,
@@ -35,7 +36,7 @@ export const WASM_KERNELS: readonly tf.KernelConfig[] = [
 ];
 
 /** Stock wasm kernels ours call into. */
-const STOCK_USED = ['BatchMatMul', 'Conv2D', 'Reshape', 'Transpose', 'Slice', 'Identity', 'Cast', 'Sum', ...UNARY_KERNELS];
+const STOCK_USED = ['BatchMatMul', 'Conv2D', 'Reshape', 'Transpose', 'Slice', 'Identity', 'Cast', 'Sum', ...UNARY_KERNELS, ...BINARY_KERNELS];
 
 let installed = false;
 

@@ -32,7 +32,10 @@ export interface NativeKernels {
   groupNormGrad(heap: ArrayBuffer, xOff: number, wOff: number, meanOff: number, rstdOff: number, dyOff: number, dxOff: number, dwOff: number, dbOff: number, b: number, hw: number, c: number, groups: number): void;
   /** y = f(x), f by code: tanh 0, exp 1, erf 2, sigmoid 3, swish 4. */
   unary(heap: ArrayBuffer, op: number, xOff: number, yOff: number, n: number): void;
-  setThreads(n: number): void;
+  /** y[i] = a[i] ∘ b[i mod bn], ∘ by code: add 0, sub 1, mul 2; bn divides n. */
+  binary(heap: ArrayBuffer, op: number, aOff: number, bOff: number, yOff: number, n: number, bn: number): void;
+  /** Threads of the addon's pool, the calling thread included; jobs below minParallelWork run on one. */
+  setThreads(n: number, minParallelWork?: number): void;
   info(): { blas: string; core: string; threads: number };
 }
 
@@ -97,14 +100,18 @@ export function nativeKernels(): NativeKernels | null {
   return active;
 }
 
-/** Switches the native paths on (with `threads` BLAS threads) or off; benchmarks and tests compare both. */
-export function useNativeKernels(enabled: boolean, threads?: number): void {
+/**
+ * Switches the native paths on (with `threads` compute threads) or off; benchmarks and tests compare both.
+ * `minParallelWork` (multiply-adds or elements) is the size below which a job runs on one thread; tests
+ * set 1 so that tiny cases go through every split.
+ */
+export function useNativeKernels(enabled: boolean, threads?: number, minParallelWork?: number): void {
   if (!enabled) {
     active = null;
     return;
   }
   const status = loadNativeKernels();
   if (!status.available) throw new NativeKernelsError(`minidalle native kernels are unavailable: ${status.reason}`);
-  if (threads !== undefined) status.kernels.setThreads(threads);
+  if (threads !== undefined) status.kernels.setThreads(threads, minParallelWork);
   active = status.kernels;
 }
