@@ -23,6 +23,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <time.h>
 #include <stdint.h>
@@ -94,15 +95,17 @@ static int inside(int64_t off, int64_t len, int64_t floats) {
 }
 
 /* ---------------------------------------------------------------- thread pool
- * `pool.size` threads in all: the JS thread, which runs part 0 of every job, and size − 1 persistent
- * workers. A job is a function called once per part, `fn(arg, part, parts)`; each part works on its own
- * slice of the output, so parts never write the same memory. Between jobs a worker spins for a short
- * while (the next kernel usually follows within microseconds), then sleeps on a condition variable. */
+ * `pool.size` threads in all: the JS thread and size − 1 persistent workers. A job is a function called
+ * once per part, `fn(arg, part, parts)`, with parts = pool.size; each part works on its own slice of the
+ * output, so parts never write the same memory. Any thread may run any part: a part is taken by moving
+ * its ticket from the previous job's number to this job's (a compare-and-swap), so the JS thread runs
+ * the parts of workers that have not woken up yet instead of waiting for them. Between jobs a worker
+ * spins for a short while (the next kernel usually follows within microseconds), then sleeps. */
 
 typedef void (*part_fn)(void* arg, int part, int parts);
 
-/* Below this much work (multiply-adds or elements touched) a job runs in one part: waking a worker
- * costs more than the work. Tests set it to 1, so that tiny cases exercise every split. */
+/* Below this much work (multiply-adds or elements touched) a job runs in one part: even a spinning
+ * worker costs more than the work. Tests set it to 1, so that tiny cases exercise every split. */
 static int64_t parallel_min_work = (int64_t)1 << 15;
 #define SPIN_NS ((int64_t)200 * 1000)
 
@@ -110,14 +113,15 @@ static struct {
   int size;
   pthread_t workers[MAX_THREADS];
   pthread_mutex_t mu;
-  pthread_cond_t wake, done;
+  pthread_cond_t wake;
   part_fn fn;
   void* arg;
-  atomic_uint generation; /* bumped once per job */
-  atomic_int pending;     /* workers still running the current job */
-  unsigned started_at;    /* the generation when the workers were started: a job after it is theirs */
-  int quit;
-} pool = {.size = 1, .mu = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
+  atomic_uint generation;          /* the current job's number */
+  atomic_uint ticket[MAX_THREADS]; /* per part: the number of the last job that took it */
+  atomic_int done;                 /* parts of the current job finished */
+  atomic_int sleepers;             /* workers waiting on `wake` */
+  atomic_int quit;
+} pool = {.size = 1, .mu = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 
 static int64_t now_ns(void) {
   struct timespec t;
@@ -133,38 +137,44 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-/* Spins until a new job is posted or SPIN_NS pass; returns whether one was. */
-static int spin_until_generation_changes(unsigned seen) {
-  int64_t deadline = now_ns() + SPIN_NS;
-  for (int i = 1;; i++) {
-    if (atomic_load_explicit(&pool.generation, memory_order_acquire) != seen) return 1;
-    cpu_relax();
-    if ((i & 255) == 0 && now_ns() > deadline) return 0;
+/* Runs every part of job `g` that nobody has taken yet, starting from `first`. Every part is taken once
+ * per job, so its ticket moves from g − 1 to g exactly once; a worker still looking at an older job
+ * finds no ticket at its g − 1 and does nothing. */
+static void run_free_parts(unsigned g, int first, part_fn fn, void* arg, int parts) {
+  for (int k = 0; k < parts; k++) {
+    int t = (first + k) % parts;
+    unsigned expected = g - 1;
+    if (!atomic_compare_exchange_strong(&pool.ticket[t], &expected, g)) continue;
+    fn(arg, t, parts);
+    atomic_fetch_add_explicit(&pool.done, 1, memory_order_release);
   }
 }
 
 static void* pool_worker(void* arg) {
-  int part = (int)(intptr_t)arg;
-  unsigned seen = pool.started_at;
+  int self = (int)(intptr_t)arg;
+  unsigned seen = atomic_load(&pool.generation);
   for (;;) {
-    spin_until_generation_changes(seen);
-    pthread_mutex_lock(&pool.mu);
-    while (atomic_load(&pool.generation) == seen && !pool.quit) pthread_cond_wait(&pool.wake, &pool.mu);
-    int quit = pool.quit;
-    pthread_mutex_unlock(&pool.mu);
-    if (quit) return NULL;
-    seen = atomic_load(&pool.generation);
-    pool.fn(pool.arg, part, pool.size);
-    if (atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_acq_rel) == 1) {
-      pthread_mutex_lock(&pool.mu);
-      pthread_cond_signal(&pool.done);
-      pthread_mutex_unlock(&pool.mu);
+    int64_t deadline = now_ns() + SPIN_NS;
+    for (int i = 1; atomic_load_explicit(&pool.generation, memory_order_acquire) == seen; i++) {
+      cpu_relax();
+      if ((i & 255) == 0 && now_ns() > deadline) {
+        pthread_mutex_lock(&pool.mu);
+        atomic_fetch_add(&pool.sleepers, 1);
+        while (atomic_load(&pool.generation) == seen && !pool.quit) pthread_cond_wait(&pool.wake, &pool.mu);
+        atomic_fetch_sub(&pool.sleepers, 1);
+        pthread_mutex_unlock(&pool.mu);
+        break;
+      }
     }
+    if (pool.quit) return NULL;
+    unsigned g = atomic_load_explicit(&pool.generation, memory_order_acquire);
+    seen = g;
+    run_free_parts(g, self, pool.fn, pool.arg, pool.size);
   }
 }
 
 /* Runs fn over every part and returns, when all are done, how many parts there were: small jobs (see
- * parallel_min_work) run in one. */
+ * parallel_min_work) run in one, on the JS thread. */
 static int run_parallel(part_fn fn, void* arg, int64_t work) {
   if (pool.size == 1 || work < parallel_min_work) {
     fn(arg, 0, 1);
@@ -172,20 +182,21 @@ static int run_parallel(part_fn fn, void* arg, int64_t work) {
   }
   pool.fn = fn;
   pool.arg = arg;
-  atomic_store(&pool.pending, pool.size - 1);
-  pthread_mutex_lock(&pool.mu);
-  atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
-  pthread_cond_broadcast(&pool.wake);
-  pthread_mutex_unlock(&pool.mu);
-  fn(arg, 0, pool.size);
-  int64_t deadline = now_ns() + SPIN_NS;
-  for (int i = 1; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0; i++) {
-    cpu_relax();
-    if ((i & 255) == 0 && now_ns() > deadline) break;
+  atomic_store(&pool.done, 0);
+  unsigned g = atomic_load(&pool.generation) + 1;
+  atomic_store(&pool.generation, g); /* publishes fn and arg */
+  if (atomic_load(&pool.sleepers) > 0) {
+    pthread_mutex_lock(&pool.mu);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.mu);
   }
-  pthread_mutex_lock(&pool.mu);
-  while (atomic_load(&pool.pending) > 0) pthread_cond_wait(&pool.done, &pool.mu);
-  pthread_mutex_unlock(&pool.mu);
+  run_free_parts(g, 0, fn, arg, pool.size);
+  /* what is left is parts a worker is running now, so this wait is short (unless the worker lost its
+   * core to another process: then yield it ours) */
+  for (int i = 1; atomic_load_explicit(&pool.done, memory_order_acquire) < pool.size; i++) {
+    cpu_relax();
+    if (i % 4096 == 0) sched_yield();
+  }
   return pool.size;
 }
 
@@ -194,12 +205,14 @@ static int run_parallel(part_fn fn, void* arg, int64_t work) {
 static int resize_pool(int size) {
   pthread_mutex_lock(&pool.mu);
   pool.quit = 1;
+  atomic_fetch_add(&pool.generation, 1);
   pthread_cond_broadcast(&pool.wake);
   pthread_mutex_unlock(&pool.mu);
   for (int t = 1; t < pool.size; t++) pthread_join(pool.workers[t], NULL);
   pool.quit = 0;
   pool.size = 1;
-  pool.started_at = atomic_load(&pool.generation);
+  unsigned g = atomic_load(&pool.generation);
+  for (int t = 0; t < MAX_THREADS; t++) atomic_store(&pool.ticket[t], g);
   for (int t = 1; t < size; t++) {
     if (pthread_create(&pool.workers[t], NULL, pool_worker, (void*)(intptr_t)t) != 0) {
       pool.size = t;
@@ -533,6 +546,32 @@ VECTORISED static void add_rows(float* y, const float* x, int64_t mid, int64_t i
   }
 }
 
+typedef struct {
+  const float* x;
+  float* y;
+  int64_t outer, mid, inner;
+  float* partials; /* when set, parts split mid, each into its own [outer, inner] partial */
+} SumJob;
+
+static void sum_part(void* arg, int part, int parts) {
+  const SumJob* j = arg;
+  int64_t o0 = 0, o1 = j->outer, m0 = 0, m1 = j->mid;
+  float* y = j->y;
+  if (j->partials != NULL) {
+    part_range(j->mid, part, parts, 1, &m0, &m1);
+    y = j->partials + part * j->outer * j->inner;
+  } else {
+    part_range(j->outer, part, parts, 1, &o0, &o1);
+  }
+  for (int64_t o = o0; o < o1; o++) {
+    const float* x = j->x + (o * j->mid + m0) * j->inner;
+    float* yo = y + o * j->inner;
+    if (m1 == m0) memset(yo, 0, (size_t)j->inner * sizeof(float));
+    else if (j->inner == 1) *yo = row_sum(x, m1 - m0);
+    else add_rows(yo, x, m1 - m0, j->inner);
+  }
+}
+
 /* sum(heap, xOff, yOff, outer, mid, inner): y[o, i] = Σ_m x[o, m, i], i.e. a sum over contiguous axes. */
 static napi_value sum_axes(napi_env env, napi_callback_info info) {
   size_t argc = 6;
@@ -546,11 +585,21 @@ static napi_value sum_axes(napi_env env, napi_callback_info info) {
   int64_t xOff = v[0], yOff = v[1], outer = v[2], mid = v[3], inner = v[4];
   if (outer <= 0 || mid <= 0 || inner <= 0) return fail(env, "sum", "sizes must be positive");
   if (!inside(xOff, outer * mid * inner, floats) || !inside(yOff, outer * inner, floats)) return fail(env, "sum", "a tensor lies outside the heap");
-  for (int64_t o = 0; o < outer; o++) {
-    const float* x = heap + xOff + o * mid * inner;
-    float* y = heap + yOff + o * inner;
-    if (inner == 1) *y = row_sum(x, mid);
-    else add_rows(y, x, mid, inner);
+  SumJob j = {heap + xOff, heap + yOff, outer, mid, inner, NULL};
+  const int64_t n = outer * mid * inner;
+  if (pool.size > 1 && outer < pool.size && n >= parallel_min_work) {
+    /* too few rows to share out (a bias gradient has one): each part sums a slice of mid into a partial */
+    j.partials = malloc((size_t)(pool.size * outer * inner) * sizeof(float));
+    if (j.partials == NULL) return fail(env, "sum", "out of memory");
+  }
+  int parts = run_parallel(sum_part, &j, n);
+  if (j.partials != NULL) {
+    for (int64_t i = 0; i < outer * inner; i++) {
+      float total = 0;
+      for (int t = 0; t < parts; t++) total += j.partials[t * outer * inner + i];
+      j.y[i] = total;
+    }
+    free(j.partials);
   }
   return NULL;
 }
@@ -660,6 +709,8 @@ typedef struct ElementwiseJob {
                 float b2, float c1, float c2, float eps, float wd);
 } ElementwiseJob;
 
+#define BINARY_TILE 4096
+
 static void elementwise_part(void* arg, int part, int parts) {
   const ElementwiseJob* j = arg;
   int64_t i0, i1;
@@ -671,9 +722,20 @@ static void elementwise_part(void* arg, int part, int parts) {
   const float* h = j->hyper;
   if (j->unary) j->unary(in[0] + i0, out[0] + i0, n);
   else if (j->binary) {
+    /* A short period (a scalar, a bias of a few channels) is first repeated into a tile of whole
+     * periods, so that each loop call still runs over thousands of elements. */
+    const float* b = in[1];
+    int64_t period = j->b_period;
+    float tile[BINARY_TILE];
+    if (period < BINARY_TILE / 4) {
+      int64_t len = BINARY_TILE / period * period;
+      for (int64_t t = 0; t < len; t++) tile[t] = b[t % period];
+      b = tile;
+      period = len;
+    }
     for (int64_t i = i0; i < i1;) {
-      int64_t at = i % j->b_period, len = j->b_period - at < i1 - i ? j->b_period - at : i1 - i;
-      j->binary(in[0] + i, in[1] + at, out[0] + i, len);
+      int64_t at = i % period, len = period - at < i1 - i ? period - at : i1 - i;
+      j->binary(in[0] + i, b + at, out[0] + i, len);
       i += len;
     }
   } else if (j->swish_grad) j->swish_grad(in[0] + i0, in[1] + i0, out[0] + i0, n);
