@@ -105,7 +105,7 @@ function addAttn(p: Params, rng: Rng, prefix: string, c: number): void {
   for (const n of ['q', 'k', 'v', 'proj_out']) addConv2d(p, rng, `${prefix}.${n}`, c, c, 1, { std: Math.sqrt(1 / c) });
 }
 
-/** Builds the full parameter tree with seeded init (He-normal convs, unit norms, uniform codebook). */
+/** Builds the full parameter tree with seeded init (He-normal convs, zero ResnetBlock conv2, unit norms, uniform codebook). */
 export function buildVqganParams(c: VqganModelConfig, seed: number): Params {
   const rng = new Rng(seed);
   const p = new Params();
