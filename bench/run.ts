@@ -1,7 +1,8 @@
 /**
  * `npm run bench`: compute-engine figures as JSON (stdout + bench/results/<timestamp>.json) and a table.
  *   --quick          fewer repetitions and steps (about a minute)
- *   --only a,b       sections: matmul, conv, vq, bart, cli, data (default: all)
+ *   --only a,b       sections: matmul, conv, vq, bart, cli, data, shapes (default: all; shapes trains the
+ *                    vqgan-shapes experiment, ~10 min, or 300 steps with --quick)
  *   --steps N        training steps per model (first is warm-up; default 4, quick 3)
  *   --no-peer        skip the PyTorch peer (bench/peer/models.py via /usr/bin/python3)
  * GFLOPS of a training step = 3 × forward FLOPs / step time (forward + two backward products).
@@ -15,6 +16,7 @@ import { initCompute, tf, type ComputeInfo } from '../src/ml/backend.js';
 import { AdamW } from '../src/ml/optim/index.js';
 import { randomTensor } from '../src/ml/selfcheck.js';
 import { benchData } from './data.js';
+import { benchShapesVqgan } from './shapes.js';
 import { BART_REFERENCE, bart, trainStep, VQ_REFERENCE, vqAutoencoder, type Workload } from './models.js';
 
 interface Row {
@@ -34,7 +36,7 @@ function parseArgs(argv: string[]): { quick: boolean; only: Set<string>; steps: 
   const quick = argv.includes('--quick');
   const onlyAt = argv.indexOf('--only');
   const stepsAt = argv.indexOf('--steps');
-  const all = ['matmul', 'conv', 'vq', 'bart', 'cli', 'data'];
+  const all = ['matmul', 'conv', 'vq', 'bart', 'cli', 'data', 'shapes'];
   const only = new Set(onlyAt >= 0 ? (argv[onlyAt + 1] ?? '').split(',') : all);
   for (const s of only) if (!all.includes(s)) throw new Error(`--only: unknown section '${s}'; expected some of ${all.join(', ')}`);
   const steps = stepsAt >= 0 ? Number(argv[stepsAt + 1]) : quick ? 3 : 4;
@@ -208,6 +210,7 @@ async function main(): Promise<void> {
   if (args.only.has('vq')) rows.push(benchTraining(() => vqAutoencoder(VQ_REFERENCE), backend, args.steps));
   if (args.only.has('bart')) rows.push(benchTraining(() => bart(BART_REFERENCE), backend, args.steps));
   if (args.only.has('data')) rows.push(...(await benchData(backend, args.quick)));
+  if (args.only.has('shapes')) rows.push(benchShapesVqgan(root, args.quick));
   const peer = args.peer ? runPeer(args.only, args.steps) : { rows: [], note: 'peer skipped: --no-peer' };
   const result = {
     timestamp: new Date().toISOString(),
