@@ -24,7 +24,7 @@ export interface DataRow {
  * The small f4 VQGAN of experiments/vqgan-shapes.yaml, here at 64 px (16×16 codes). Random weights: the speed
  * does not depend on them.
  */
-const SMALL_VQGAN = { ch: 8, ch_mult: [1, 2, 4], num_res_blocks: 1, attn_resolutions: [], z_channels: 32, n_embed: 1024, embed_dim: 16, resolution: 64, num_groups: 4 };
+const SMALL_VQGAN = { ch: 16, ch_mult: [1, 2, 2], num_res_blocks: 1, attn_resolutions: [], z_channels: 32, n_embed: 1024, embed_dim: 32, resolution: 64, num_groups: 4, codebook_l2: true };
 
 async function benchEncode(backend: string, images: number): Promise<DataRow> {
   const work = await mkdtemp(join(tmpdir(), 'minidalle-bench-encode-'));
@@ -49,7 +49,7 @@ async function benchEncode(backend: string, images: number): Promise<DataRow> {
     const s = summary as { images_per_s: number; decode_s: number; encode_s: number };
     return {
       section: 'data',
-      name: `encode-dataset end to end, ${images} shapes at 64 px, the shapes f4 VQGAN (ch 8)`,
+      name: `encode-dataset end to end, ${images} shapes at 64 px, the shapes f4 VQGAN (ch 16)`,
       backend,
       ms,
       extra: { images_per_s: +s.images_per_s.toFixed(1), decode_resize_s: +s.decode_s.toFixed(2), encode_s: +s.encode_s.toFixed(2), target_images_per_s: 50 },

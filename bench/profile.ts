@@ -1,6 +1,6 @@
 /**
  * Where a training step of a reference workload spends its time, per kernel (tf.profile):
- *   node dist/bench/profile.js bart|vq|vqgan [steps] [key=value model overrides, e.g. ch=16 batch=16]
+ *   node dist/bench/profile.js bart|vq|vqgan [steps] [key=value model overrides, e.g. ch=12 ch_mult=1,2,4 batch=8]
  * Prints kernels by total ms, with call counts; for finding what to optimise next, not a benchmark.
  */
 import { initCompute, tf } from '../src/ml/backend.js';
@@ -12,13 +12,13 @@ import { bart, trainStep, vqAutoencoder, type Workload } from './models.js';
 
 /** The generator step of experiments/vqgan-shapes.yaml (GAN phase off), overridable from argv. */
 function vqganShapes(overrides: Record<string, number | number[] | boolean>): Workload {
-  const { batch = 8, size = 32, ...model } = overrides as { batch?: number; size?: number } & Record<string, number | number[] | boolean>;
-  const vq = Vqgan.create({ ch: 8, ch_mult: [1, 2, 4], num_res_blocks: 1, attn_resolutions: [], z_channels: 32, n_embed: 1024, embed_dim: 16, num_groups: 4, resolution: size, ...model }, 0);
+  const { batch = 16, size = 32, ...model } = overrides as { batch?: number; size?: number } & Record<string, number | number[] | boolean>;
+  const vq = Vqgan.create({ ch: 16, ch_mult: [1, 2, 2], num_res_blocks: 1, attn_resolutions: [], z_channels: 32, n_embed: 1024, embed_dim: 32, num_groups: 4, codebook_l2: true, resolution: size, ...model }, 0);
   const x = tf.randomUniform([batch, size, size, 3], -1, 1, 'float32', 1) as tf.Tensor4D;
   const rng = new Rng(1);
   const loss = (): tf.Scalar => {
     const r = vq.forward(x, { training: true, rng });
-    return tf.add(reconstructionLoss(x, r.xrec, 'l1+l2'), r.qloss) as tf.Scalar;
+    return tf.add(reconstructionLoss(x, r.xrec, 'l2'), r.qloss) as tf.Scalar;
   };
   return { name: 'vqgan-shapes', forwardFlops: 0, params: vq.params, loss, dispose: () => { vq.params.dispose(); x.dispose(); } };
 }
