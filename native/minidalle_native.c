@@ -89,6 +89,22 @@ static int int_arg(napi_env env, napi_value v, int64_t* out) {
   return napi_get_value_int64(env, v, out) == napi_ok;
 }
 
+/* Arguments (heap, `count` integers): the heap into heap/floats, the integers into v. On a mismatch it
+ * throws "minidalle native <fn>: expected <usage>" and returns 0. */
+static int heap_and_ints(napi_env env, napi_callback_info info, const char* fn, const char* usage, size_t count, float** heap, int64_t* floats,
+                         int64_t* v) {
+  napi_value argv[16];
+  size_t argc = 16;
+  int ok = count < 16 && napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc == count + 1 && heap_of(env, argv[0], heap, floats);
+  for (size_t i = 0; ok && i < count; i++) ok = int_arg(env, argv[1 + i], &v[i]);
+  if (!ok) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "expected %s", usage);
+    fail(env, fn, msg);
+  }
+  return ok;
+}
+
 /* [off, off + len) lies inside the heap. */
 static int inside(int64_t off, int64_t len, int64_t floats) {
   return off >= 0 && len >= 0 && off <= floats && len <= floats - off;
@@ -407,6 +423,13 @@ static int reserve_conv_scratch(ConvJob* j, int partial_df) {
   return reserve_scratch(pool.size, j->step * k + (partial_df ? k * j->g.co : 0));
 }
 
+/* Rows [c0, c1) of x's im2col matrix: x itself when the conv is pointwise, else built in the part's scratch. */
+static const float* col_rows(const ConvJob* j, int part, int64_t c0, int64_t c1) {
+  if (is_pointwise(&j->g)) return j->x + c0 * j->g.ci;
+  im2col(&j->g, j->x, scratch[part], c0, c1);
+  return scratch[part];
+}
+
 /* y[rows, co] = col[rows, K] · f[K, co], for this part's rows, chunk by chunk (x itself is col when pointwise). */
 static void conv2d_part(void* arg, int part, int parts) {
   const ConvJob* j = arg;
@@ -414,14 +437,10 @@ static void conv2d_part(void* arg, int part, int parts) {
   const int64_t k = g->fh * g->fw * g->ci;
   int64_t r0, r1;
   part_range(g->n * g->oh * g->ow, part, parts, 1, &r0, &r1);
-  const int64_t step = is_pointwise(g) ? r1 - r0 : j->step;
+  const int64_t step = is_pointwise(g) ? r1 - r0 : j->step; /* pointwise: x is col, no chunks needed */
   for (int64_t c0 = r0; c0 < r1; c0 += step) {
     int64_t c1 = c0 + step < r1 ? c0 + step : r1;
-    const float* col = j->x + c0 * k;
-    if (!is_pointwise(g)) {
-      im2col(g, j->x, scratch[part], c0, c1);
-      col = scratch[part];
-    }
+    const float* col = col_rows(j, part, c0, c1);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(c1 - c0), (int)g->co, (int)k, 1.0f, col, (int)k, j->f, (int)g->co, 0.0f,
                 j->y + c0 * g->co, (int)g->co);
   }
@@ -461,14 +480,10 @@ static void conv2d_backprop_filter_part(void* arg, int part, int parts) {
   int64_t r0, r1;
   part_range(g->n * g->oh * g->ow, part, parts, 1, &r0, &r1);
   if (r1 == r0) memset(df, 0, (size_t)(k * g->co) * sizeof(float));
-  const int64_t step = is_pointwise(g) ? r1 - r0 : j->step;
+  const int64_t step = is_pointwise(g) ? r1 - r0 : j->step; /* pointwise: x is col, no chunks needed */
   for (int64_t c0 = r0; c0 < r1; c0 += step) {
     int64_t c1 = c0 + step < r1 ? c0 + step : r1;
-    const float* col = j->x + c0 * k;
-    if (!is_pointwise(g)) {
-      im2col(g, j->x, scratch[part], c0, c1);
-      col = scratch[part];
-    }
+    const float* col = col_rows(j, part, c0, c1);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)g->co, (int)(c1 - c0), 1.0f, col, (int)k, j->dy + c0 * g->co, (int)g->co,
                 c0 == r0 ? 0.0f : 1.0f, df, (int)g->co);
   }
@@ -574,14 +589,9 @@ static void sum_part(void* arg, int part, int parts) {
 
 /* sum(heap, xOff, yOff, outer, mid, inner): y[o, i] = Σ_m x[o, m, i], i.e. a sum over contiguous axes. */
 static napi_value sum_axes(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   float* heap;
   int64_t floats, v[5];
-  if (argc != 6 || !heap_of(env, argv[0], &heap, &floats)) return fail(env, "sum", "expected (heap, xOff, yOff, outer, mid, inner)");
-  for (int i = 0; i < 5; i++)
-    if (!int_arg(env, argv[1 + i], &v[i])) return fail(env, "sum", "sizes and offsets must be integers");
+  if (!heap_and_ints(env, info, "sum", "(heap, xOff, yOff, outer, mid, inner)", 5, &heap, &floats, v)) return NULL;
   int64_t xOff = v[0], yOff = v[1], outer = v[2], mid = v[3], inner = v[4];
   if (outer <= 0 || mid <= 0 || inner <= 0) return fail(env, "sum", "sizes must be positive");
   if (!inside(xOff, outer * mid * inner, floats) || !inside(yOff, outer * inner, floats)) return fail(env, "sum", "a tensor lies outside the heap");
@@ -761,14 +771,9 @@ VECTORISED static void unary_swish(const float* x, float* y, int64_t n) {
 
 /* unary(heap, op, xOff, yOff, n): y = f(x) with f = tanh (0), exp (1), erf (2), sigmoid (3), swish (4). */
 static napi_value unary(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   float* heap;
   int64_t floats, v[4];
-  if (argc != 5 || !heap_of(env, argv[0], &heap, &floats)) return fail(env, "unary", "expected (heap, op, xOff, yOff, n)");
-  for (int i = 0; i < 4; i++)
-    if (!int_arg(env, argv[1 + i], &v[i])) return fail(env, "unary", "op, offsets and size must be integers");
+  if (!heap_and_ints(env, info, "unary", "(heap, op, xOff, yOff, n)", 4, &heap, &floats, v)) return NULL;
   int64_t op = v[0], n = v[3];
   if (n <= 0 || !inside(v[1], n, floats) || !inside(v[2], n, floats)) return fail(env, "unary", "a tensor lies outside the heap");
   static void (*const loops[])(const float*, float*, int64_t) = {unary_tanh, unary_exp, unary_erf, unary_sigmoid, unary_swish};
@@ -791,14 +796,9 @@ VECTORISED static void binary_mul(const float* a, const float* b, float* y, int6
 /* binary(heap, op, aOff, bOff, yOff, n, bn): y[i] = a[i] ∘ b[i mod bn] with ∘ = add (0), sub (1), mul (2);
  * bn divides n (bn < n: b broadcast along a's leading axes, e.g. a bias). */
 static napi_value binary(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   float* heap;
   int64_t floats, v[6];
-  if (argc != 7 || !heap_of(env, argv[0], &heap, &floats)) return fail(env, "binary", "expected (heap, op, aOff, bOff, yOff, n, bn)");
-  for (int i = 0; i < 6; i++)
-    if (!int_arg(env, argv[1 + i], &v[i])) return fail(env, "binary", "op, offsets and sizes must be integers");
+  if (!heap_and_ints(env, info, "binary", "(heap, op, aOff, bOff, yOff, n, bn)", 6, &heap, &floats, v)) return NULL;
   int64_t op = v[0], n = v[4], bn = v[5];
   if (n <= 0 || bn <= 0 || n % bn != 0) return fail(env, "binary", "sizes must be positive, and bn must divide n");
   if (!inside(v[1], n, floats) || !inside(v[2], bn, floats) || !inside(v[3], n, floats)) return fail(env, "binary", "a tensor lies outside the heap");
@@ -818,14 +818,9 @@ VECTORISED static void swish_grad_loop(const float* x, const float* dy, float* d
 }
 
 static napi_value swish_grad(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   float* heap;
   int64_t floats, v[4];
-  if (argc != 5 || !heap_of(env, argv[0], &heap, &floats)) return fail(env, "swishGrad", "expected (heap, xOff, dyOff, dxOff, n)");
-  for (int i = 0; i < 4; i++)
-    if (!int_arg(env, argv[1 + i], &v[i])) return fail(env, "swishGrad", "offsets and size must be integers");
+  if (!heap_and_ints(env, info, "swishGrad", "(heap, xOff, dyOff, dxOff, n)", 4, &heap, &floats, v)) return NULL;
   int64_t n = v[3];
   if (n <= 0 || !inside(v[0], n, floats) || !inside(v[1], n, floats) || !inside(v[2], n, floats)) return fail(env, "swishGrad", "a tensor lies outside the heap");
   ElementwiseJob j = {.n = n, .in = {heap + v[0], heap + v[1]}, .out = {heap + v[2]}, .swish_grad = swish_grad_loop};
