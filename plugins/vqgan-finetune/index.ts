@@ -92,7 +92,17 @@ export const VqganFinetuneConfig = z
     eval_count: posInt.default(128).describe('held-out images evaluated'),
     checkpoint_every: posInt.default(500).describe('steps between checkpoints'),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    // checked with the config, so that `validate` reports it before anything runs
+    if (c.lr_decay !== 'constant' && c.lr_warmup_steps >= c.steps) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['lr_warmup_steps'],
+        message: `must be less than steps (${c.steps}) for lr_decay ${c.lr_decay}, is ${c.lr_warmup_steps}; lower lr_warmup_steps or set lr_decay: constant`,
+      });
+    }
+  });
 
 export type VqganFinetuneConfig = z.output<typeof VqganFinetuneConfig>;
 
@@ -283,9 +293,6 @@ export default definePlugin({
     const disc = buildDiscriminator(discConfig, seed + 1);
     const state: TrainState = { step: 0, position: { epoch: 0, index: 0 }, rng: new Rng(seed + 2).state(), usage: [] };
     // Both optimizers follow the global step (the discriminator's own count starts at disc_start).
-    if (c.lr_decay !== 'constant' && c.lr_warmup_steps >= c.steps) {
-      throw new VqganFinetuneError(`vqgan-finetune: lr_warmup_steps (${c.lr_warmup_steps}) must be less than steps (${c.steps}) for lr_decay ${c.lr_decay}; lower lr_warmup_steps or set lr_decay: constant`);
-    }
     const lrAt = makeSchedule({ lr: c.lr, warmupSteps: c.lr_warmup_steps, decay: c.lr_decay, totalSteps: c.steps, endLr: c.lr_end });
     const learningRate = (): number => lrAt(state.step);
     const optG = new AdamW({ learningRate, beta1: c.beta1, beta2: c.beta2, weightDecay: 0 });

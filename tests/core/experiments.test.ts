@@ -12,6 +12,12 @@ describe('shipped experiments', () => {
     expect(r.code).toBe(0);
   });
 
+  it('a quick look shorter than the LR warmup is refused by validate, at the line that sets the warmup', () => {
+    const r = cli(project(), ['validate', join(ROOT, 'experiments/quickstart.yaml'), 'stages.vqgan.with.steps=200']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/vqgan-shapes\.yaml:\d+:\d+: stages\.vqgan\.with\.lr_warmup_steps: must be less than steps \(200\)/);
+  });
+
   it('the quickstart runs end to end at a tiny size: shapes → VQGAN → encoded parquet shards', () => {
     const dir = project();
     const r = cli(dir, [
