@@ -91,7 +91,8 @@ const BINARY_OPS = { Add: 0, Sub: 1, Multiply: 2 } as const;
 
 /** The element count of `b`'s period in `out` when b repeats along out's leading axes (or equals it), else null. */
 function suffixPeriod(b: number[], out: number[]): number | null {
-  const trailing = b.slice(b.findIndex((d) => d !== 1) === -1 ? b.length : b.findIndex((d) => d !== 1));
+  const first = b.findIndex((d) => d !== 1);
+  const trailing = first === -1 ? [] : b.slice(first); // leading 1s dropped; a scalar has period 1
   const tail = out.slice(out.length - trailing.length);
   return trailing.length <= out.length && tail.every((d, i) => d === trailing[i]) ? tf.util.sizeFromShape(trailing) : null;
 }
@@ -106,10 +107,11 @@ function binaryConfig(name: keyof typeof BINARY_OPS): tf.KernelConfig {
     if (native === null || a.dtype !== 'float32' || b.dtype !== 'float32') return stock();
     const outShape = tf.backend_util.assertAndGetBroadcastShape(a.shape, b.shape);
     const n = tf.util.sizeFromShape(outShape);
-    // a must cover the output; a commutative op may swap its operands for that
+    if (n === 0) return stock();
+    // a must cover the output; a commutative op may swap its operands for that (and stock() then sees them swapped, to the same result)
     if (tf.util.sizeFromShape(a.shape) !== n && name !== 'Sub') [a, b] = [b, a];
     const period = tf.util.sizeFromShape(a.shape) === n ? suffixPeriod(b.shape, outShape) : null;
-    if (period === null || period === 0) return stock();
+    if (period === null) return stock();
     const backend = asWasmBackend(args.backend);
     const out = backend.makeOutput(outShape, 'float32');
     native.binary(heapBuffer(backend), op, floatOffset(backend, a, name), floatOffset(backend, b, name), floatOffset(backend, out, name), n, period);
