@@ -535,8 +535,8 @@ static napi_value conv2d_backprop_filter(napi_env env, napi_callback_info info) 
 }
 
 /* ---------------------------------------------------------------- reductions and softmax cross-entropy
- * Memory-bound loops: one thread, vectorised by the compiler (AVX2 where the CPU has it, chosen at load
- * time through target_clones; SSE2 otherwise). The addon is built with -ffast-math so that expf/sqrtf
+ * Memory-bound loops, vectorised by the compiler (AVX2 where the CPU has it, chosen at load time through
+ * target_clones; SSE2 otherwise) and split across the pool by slices (sparse cross-entropy: one thread). The addon is built with -ffast-math so that expf/sqrtf
  * vectorise (glibc's libmvec); inputs are assumed finite. Sums keep 8 partial accumulators, so their
  * rounding differs from a sequential sum by float32 noise only. */
 
