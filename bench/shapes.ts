@@ -10,14 +10,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'yaml';
-
-export interface ShapesRow {
-  section: string;
-  name: string;
-  backend: string;
-  ms: number;
-  extra: Record<string, number | string>;
-}
+import type { DataRow } from './data.js';
 
 interface VqganSummary {
   eval_psnr: number;
@@ -30,7 +23,7 @@ interface VqganSummary {
 
 const QUICK_STEPS = 300;
 
-export function benchShapesVqgan(root: string, quick: boolean): ShapesRow {
+export function benchShapesVqgan(root: string, quick: boolean): DataRow {
   const project = mkdtempSync(join(tmpdir(), 'minidalle-bench-shapes-'));
   try {
     const experiment = join(root, 'experiments', 'vqgan-shapes.yaml');

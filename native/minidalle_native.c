@@ -493,42 +493,50 @@ static int64_t conv_work(const Geometry* g) {
   return g->n * g->oh * g->ow * g->fh * g->fw * g->ci * g->co;
 }
 
-/* conv2d(heap, xOff, fOff, yOff, geometry…): y = conv(x, f). */
-static napi_value conv2d(napi_env env, napi_callback_info info) {
+/* The three conv entry points' common start: geometry and the three tensors (in argument order) from the
+ * arguments, and every thread's scratch; 0 (with an error thrown) on bad arguments or no memory. */
+static int conv_setup(napi_env env, napi_callback_info info, const char* fn, int partial_df, ConvJob* j, float* tensor[3]) {
   float* heap;
   int64_t off[3];
+  if (!geometry_args(env, info, fn, &heap, off, &j->g)) return 0;
+  for (int i = 0; i < 3; i++) tensor[i] = heap + off[i];
+  if (!reserve_conv_scratch(j, partial_df)) {
+    fail(env, fn, "out of memory for the im2col buffers");
+    return 0;
+  }
+  return 1;
+}
+
+/* conv2d(heap, xOff, fOff, yOff, geometry…): y = conv(x, f). */
+static napi_value conv2d(napi_env env, napi_callback_info info) {
   ConvJob j = {0};
-  if (!geometry_args(env, info, "conv2d", &heap, off, &j.g)) return NULL;
-  j.x = heap + off[0], j.f = heap + off[1], j.y = heap + off[2];
-  if (!reserve_conv_scratch(&j, 0)) return fail(env, "conv2d", "out of memory for the im2col buffers");
+  float* t[3];
+  if (!conv_setup(env, info, "conv2d", 0, &j, t)) return NULL;
+  j.x = t[0], j.f = t[1], j.y = t[2];
   run_parallel(conv2d_part, &j, conv_work(&j.g));
   return NULL;
 }
 
 /* conv2dBackpropInput(heap, dxOff, fOff, dyOff, geometry…): dx, the gradient of conv2d's input. */
 static napi_value conv2d_backprop_input(napi_env env, napi_callback_info info) {
-  float* heap;
-  int64_t off[3];
   ConvJob j = {0};
-  if (!geometry_args(env, info, "conv2dBackpropInput", &heap, off, &j.g)) return NULL;
-  j.y = heap + off[0], j.f = heap + off[1], j.dy = heap + off[2];
-  if (!reserve_conv_scratch(&j, 0)) return fail(env, "conv2dBackpropInput", "out of memory for the col2im buffers");
+  float* t[3];
+  if (!conv_setup(env, info, "conv2dBackpropInput", 0, &j, t)) return NULL;
+  j.y = t[0], j.f = t[1], j.dy = t[2];
   run_parallel(conv2d_backprop_input_part, &j, conv_work(&j.g));
   return NULL;
 }
 
 /* conv2dBackpropFilter(heap, xOff, dfOff, dyOff, geometry…): df, the gradient of conv2d's filter. */
 static napi_value conv2d_backprop_filter(napi_env env, napi_callback_info info) {
-  float* heap;
-  int64_t off[3];
   ConvJob j = {0};
-  if (!geometry_args(env, info, "conv2dBackpropFilter", &heap, off, &j.g)) return NULL;
-  j.x = heap + off[0], j.y = heap + off[1], j.dy = heap + off[2];
-  if (!reserve_conv_scratch(&j, 1)) return fail(env, "conv2dBackpropFilter", "out of memory for the im2col buffers");
-  const int64_t kc = j.g.fh * j.g.fw * j.g.ci * j.g.co;
+  float* t[3];
+  if (!conv_setup(env, info, "conv2dBackpropFilter", 1, &j, t)) return NULL;
+  j.x = t[0], j.y = t[1], j.dy = t[2];
+  const int64_t k = j.g.fh * j.g.fw * j.g.ci, kc = k * j.g.co;
   int parts = run_parallel(conv2d_backprop_filter_part, &j, conv_work(&j.g));
-  for (int t = 1; t < parts; t++) {
-    const float* partial = scratch[t] + j.step * j.g.fh * j.g.fw * j.g.ci;
+  for (int p = 1; p < parts; p++) {
+    const float* partial = scratch[p] + j.step * k;
     for (int64_t i = 0; i < kc; i++) j.y[i] += partial[i];
   }
   return NULL;
@@ -536,9 +544,10 @@ static napi_value conv2d_backprop_filter(napi_env env, napi_callback_info info) 
 
 /* ---------------------------------------------------------------- reductions and softmax cross-entropy
  * Memory-bound loops, vectorised by the compiler (AVX2 where the CPU has it, chosen at load time through
- * target_clones; SSE2 otherwise) and split across the pool by slices (sparse cross-entropy: one thread). The addon is built with -ffast-math so that expf/sqrtf
- * vectorise (glibc's libmvec); inputs are assumed finite. Sums keep 8 partial accumulators, so their
- * rounding differs from a sequential sum by float32 noise only. */
+ * target_clones; SSE2 otherwise) and split across the pool by slices (sparse cross-entropy: one thread).
+ * The addon is built with -ffast-math so that expf/sqrtf vectorise (glibc's libmvec); inputs are assumed
+ * finite. Sums keep 8 partial accumulators, so their rounding differs from a sequential sum by float32
+ * noise only. */
 
 #define VECTORISED __attribute__((target_clones("avx2", "default")))
 
