@@ -50,6 +50,7 @@ export function createStageContext<C>(parts: StageContextParts<C>): { ctx: Stage
     },
     latest: () => stored.latest(),
     list: () => stored.list(),
+    prune: (keep, options) => stored.prune(keep, options),
   };
   const ctx: StageContext<C> = {
     config: parts.config,

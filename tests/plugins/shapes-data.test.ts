@@ -27,7 +27,7 @@ function fakeContext(outDir: string, config: ShapesDataConfig, signal = new Abor
     media: async () => '',
     summary: (v) => void summaries.push(v),
     meta: () => undefined,
-    checkpoints: { save: async () => Promise.reject(new Error('unused')), latest: async () => undefined, list: async () => [] },
+    checkpoints: { save: async () => Promise.reject(new Error('unused')), latest: async () => undefined, list: async () => [], prune: async () => undefined },
     progress: { start: (t) => void events.push(`start:${t}`), tick: (n = 1) => void events.push(`tick:${n}`), end: () => void events.push('end') },
     logger: { info: (m) => void events.push(`info:${m}`), warn: (m) => void events.push(`warn:${m}`), error: (m) => void events.push(`error:${m}`) },
     signal,

@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -12,6 +12,7 @@ import { initCompute } from '../../src/ml/backend.js';
 import { Lpips } from '../../src/ml/losses/lpips.js';
 import { saveParamsFile } from '../../src/ml/params.js';
 import { makeSchedule } from '../../src/ml/schedule.js';
+import { renderShape } from '../../src/data/shapes.js';
 import { stageContext } from '../support/stage-context.js';
 
 let root: string;
@@ -175,6 +176,27 @@ describe('vqgan-finetune plugin', () => {
     await expect(plugin.run(stageContext(run2, { config: config({ ...perceptual, perceptual_weights: '' }) }))).rejects.toThrow(/perceptual_weights is empty/);
     await expect(plugin.run(stageContext(run2, { config: config({ ...perceptual, perceptual_weights: join(root, 'none.safetensors') }) }))).rejects.toThrow(/with\.perceptual_weights '.*none\.safetensors' does not exist.*never downloaded/);
     expect(VqganFinetuneConfig.parse({}).perceptual_weight).toBe(0); // off by default
+  });
+
+  it('counts skipped images by reason in its summary and says so in the log (item 5 of the hardening issue)', async () => {
+    const folder = join(root, 'folder-with-corrupt');
+    mkdirSync(folder, { recursive: true });
+    for (let i = 0; i < 5; i++) {
+      const r = await renderShape({ shape: 'circle', colour: 'red', position: 'centre', size: 'large', background: 'plain' }, 16);
+      writeFileSync(join(folder, `img${i}.png`), r.png);
+      writeFileSync(join(folder, `img${i}.txt`), 'a red circle');
+    }
+    writeFileSync(join(folder, 'broken.png'), 'not a png');
+    writeFileSync(join(folder, 'broken.txt'), 'a broken image');
+    copyFileSync(join(folder, 'img0.png'), join(folder, 'nocaption.png'));
+    const store = new RunStore(join(root, 'runs5'), { onWarning: () => {} });
+    const run = await store.create({ name: 'k', kind: 'stage' });
+    const warnings: string[] = [];
+    const ctx = stageContext(run, { config: config({ steps: 1, train: folder, heldout, disc_start: 5 }) });
+    ctx.logger.warn = (m) => void warnings.push(m);
+    const res = await plugin.run(ctx);
+    expect(res.summary?.skipped).toEqual({ total: 2, by_reason: { corrupt_image: 1, missing_caption: 1 } });
+    expect(warnings).toContain('vqgan-finetune: skipped 2 item(s): 1 corrupt_image, 1 missing_caption');
   });
 
   it('fine-tunes from an init folder; reports a missing data source and a warmup longer than the run clearly', async () => {

@@ -40,6 +40,11 @@ export interface Checkpoints {
   latest(): Promise<CheckpointInfo | undefined>;
   /** All verified-looking checkpoints of this run and its ancestors, oldest first (manifest read, not hashed). */
   list(): Promise<CheckpointInfo[]>;
+  /**
+   * Deletes this run's checkpoints except the newest `keep` and the steps in `protect`. Checkpoints of the
+   * runs this one resumed from are never touched: a resumed run's chain stays whole.
+   */
+  prune(keep: number, options?: { protect?: number[] }): Promise<void>;
 }
 
 export interface Progress {
@@ -109,6 +114,11 @@ export interface Plugin<S extends z.ZodType = z.ZodType> {
   name: string;
   /** One line for `minidalle plugins`. */
   description: string;
+  /**
+   * Behaviour version: part of the stage fingerprint, so a plugin whose results change (new loss, new
+   * checkpoint layout) bumps it and finished runs of the old code are not reused.
+   */
+  version?: string;
   /** Schema of the stage's `with:` block: every field has a default or is required; unknown keys are errors. */
   config: S;
   run(ctx: StageContext<z.output<S>>): Promise<StageResult>;

@@ -16,8 +16,8 @@ export interface CheckpointManifest {
 export type WarningSink = (message: string) => void;
 
 export interface RunCheckpoints extends Checkpoints {
-  /** Deletes all but the newest `keep` checkpoints of this run (never an ancestor's). */
-  prune(keep: number): Promise<void>;
+  /** Deletes all but the newest `keep` checkpoints of this run and those in `protect` (never an ancestor's). */
+  prune(keep: number, options?: { protect?: number[] }): Promise<void>;
 }
 
 /** How a checkpoint store finds the runs a run resumed from. */
@@ -240,12 +240,14 @@ export function runCheckpoints(lineage: CheckpointLineage, onWarning: WarningSin
       return out;
     },
 
-    async prune(keep) {
+    async prune(keep, options = {}) {
       if (!Number.isSafeInteger(keep) || keep < 0) {
         throw new RunUsageError(`checkpoints.prune: keep must be a non-negative integer, got ${String(keep)}`);
       }
       const dirs = await stepDirs(root);
+      const protect = new Set(options.protect ?? []);
       for (const { step, dir } of dirs.slice(0, Math.max(0, dirs.length - keep))) {
+        if (protect.has(step)) continue;
         // Rename first so a half-deleted checkpoint is never visible as a corrupt one.
         const doomed = join(root, `${TMP_PREFIX}pruned-step-${step}-${randomBytes(6).toString('hex')}`);
         await rename(dir, doomed);

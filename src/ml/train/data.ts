@@ -1,0 +1,86 @@
+/**
+ * The trainers' data paths, each counting what it skips: images (with captions) decoded once into memory
+ * for small datasets such as shapes (4,000 × 32 px ≈ 50 MB), and the stage-input lookup every trainer
+ * uses for "the upstream stage's artifact".
+ */
+import type { StageContext } from '../../core/plugins/types.js';
+import { DEFAULT_CAPTION_OPTIONS } from '../../data/captions.js';
+import { prepareItems } from '../../data/prepare.js';
+import { DEFAULT_PREPROCESS } from '../../data/preprocess.js';
+import { SkipCounts } from '../../data/skips.js';
+import { openSource } from '../../data/sources/index.js';
+import { tf } from '../backend.js';
+
+export interface ImageSet {
+  pixels: Float32Array; // (N, R, R, 3) in [-1, 1]
+  captions: string[]; // (N)
+  count: number;
+  side: number;
+  /** what the data path dropped while reading, by reason */
+  skips: SkipCounts;
+}
+
+export interface ImageSetOptions {
+  resolution: number;
+  /** at most this many items (0 = all) */
+  limit?: number;
+  signal: AbortSignal;
+  warn: (message: string) => void;
+  lowercase?: boolean;
+}
+
+/** Reads every usable item of `spec` (any source `openSource` knows), centre-cropped to `resolution`. */
+export async function loadImageSet(spec: string, o: ImageSetOptions): Promise<ImageSet> {
+  const chunks: Float32Array[] = [];
+  const captions: string[] = [];
+  const skips = new SkipCounts();
+  const items = prepareItems(
+    openSource(spec),
+    {
+      captions: { ...DEFAULT_CAPTION_OPTIONS, lowercase: o.lowercase ?? false },
+      image: { ...DEFAULT_PREPROCESS, resolution: o.resolution, range: '-1_1', crop: 'centre' },
+      seed: 0,
+      epoch: 0,
+      signal: o.signal,
+      onWarning: o.warn,
+    },
+    skips,
+  );
+  for await (const it of items) {
+    chunks.push(it.pixels);
+    captions.push(it.caption);
+    if (o.limit && chunks.length >= o.limit) break;
+  }
+  const per = o.resolution * o.resolution * 3;
+  const pixels = new Float32Array(chunks.length * per);
+  chunks.forEach((c, i) => pixels.set(c, i * per));
+  return { pixels, captions, count: chunks.length, side: o.resolution, skips };
+}
+
+/** (B, R, R, 3) batch of the items at `idx`. */
+export function imageBatch(set: ImageSet, idx: readonly number[]): tf.Tensor4D {
+  const per = set.side * set.side * 3;
+  const buf = new Float32Array(idx.length * per);
+  idx.forEach((k, i) => buf.set(set.pixels.subarray(k * per, (k + 1) * per), i * per));
+  return tf.tensor4d(buf, [idx.length, set.side, set.side, 3]);
+}
+
+export class StageInputError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StageInputError';
+  }
+}
+
+/**
+ * `value` when set, else the first upstream stage (in `needs:`) that has an artifact called `artifact`;
+ * an actionable error names the `with:` field otherwise.
+ */
+export function resolveInput(ctx: StageContext<unknown>, plugin: string, field: string, value: string, artifact: string, hint: string): string {
+  if (value) return value;
+  for (const out of Object.values(ctx.inputs)) {
+    const a = out.artifacts[artifact];
+    if (a) return a;
+  }
+  throw new StageInputError(`${plugin}: 'with.${field}' is empty and no upstream stage (needs:) has a '${artifact}' artifact; set with.${field} to ${hint}`);
+}
