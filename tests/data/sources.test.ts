@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parquetWriteFile } from 'hyparquet-writer';
-import { openSource, FolderSource, ParquetSource, TableSource, WebdatasetSource, parseDelimited } from '../../src/data/sources/index.js';
+import { openSource, FolderSource, ParquetSource, TableSource, WebdatasetSource } from '../../src/data/sources/index.js';
 import type { DataSource, SourceItem } from '../../src/data/sources/index.js';
 import { SkipCounts } from '../../src/data/skips.js';
 import { prepareItems } from '../../src/data/prepare.js';
@@ -81,8 +81,58 @@ describe('TableSource', () => {
     await writeFile(join(dir, 'table', 'img', 'b.jpg'), blue);
   });
 
-  it('parses quoted CSV fields', () => {
-    expect(parseDelimited('a,"b, c","say ""hi"""', ',')).toEqual(['a', 'b, c', 'say "hi"']);
+  it('parses quoted CSV fields: commas, doubled quotes, CRLF', async () => {
+    const file = join(dir, 'table', 'quoted.csv');
+    await writeFile(file, 'image_path,caption,extra\r\nimg/r.png,"b, c","say ""hi"""\r\n');
+    const items = await collect(openSource(file));
+    expect(items.map((i) => [i.caption, i.meta.extra])).toEqual([['b, c', 'say "hi"']]);
+  });
+
+  it('keeps every good row around a stray quote and unterminated quotes; each bad row is counted with file:line', async () => {
+    const file = join(dir, 'table', 'broken.csv');
+    const lines = [
+      'key,image_path,caption',
+      'k1,img/r.png,a 12" vinyl record', // a stray quote in an unquoted field: text
+      'k2,img/b.jpg,"good, quoted"',
+      'k3,img/r.png,"unterminated caption', // line 4: runs into the next rows until the quote of k5
+      'k4,img/b.jpg,fine',
+      'k5,img/r.png,"two',
+      'lines"',
+      'k6,img/b.jpg,ok',
+      'k7,img/r.png,"closed" and more', // line 9: text after a closing quote
+      'k8,img/b.jpg,too,many,fields', // line 10
+      'k9,img/r.png,"never closed', // line 11: open until the end of the file
+      'k10,img/b.jpg,last',
+      '',
+    ];
+    await writeFile(file, lines.join('\n'));
+    const skips = new SkipCounts();
+    const items = await collect(openSource(file), skips);
+    expect(items.map((i) => [i.key, i.caption])).toEqual([
+      ['k1', 'a 12" vinyl record'],
+      ['k2', 'good, quoted'],
+      ['k4', 'fine'],
+      ['k5', 'two\nlines'],
+      ['k6', 'ok'],
+      ['k10', 'last'],
+    ]);
+    expect(skips.count('bad_row')).toBe(4);
+    expect(skips.total).toBe(4);
+    expect(skips.messages.map((m) => m.slice(0, m.indexOf(': ')))).toEqual([4, 9, 10, 11].map((n) => `${file}:${n}`));
+    expect(skips.messages[0]).toMatch(/unterminated/);
+    expect(skips.messages[2]).toContain('5 fields where the header has 3');
+    expect(await openSource(file).estimateCount()).toBe(11);
+  });
+
+  it('a runaway quote in a large file costs one row, not the rest of the file', async () => {
+    const file = join(dir, 'table', 'runaway.csv');
+    const rows = Array.from({ length: 3000 }, (_, i) => `k${i},img/r.png,caption ${i}`);
+    rows[1000] = 'k1000,img/r.png,"oops';
+    await writeFile(file, ['key,image_path,caption', ...rows].join('\n'));
+    const skips = new SkipCounts();
+    const items = await collect(openSource(file), skips);
+    expect(items).toHaveLength(2999);
+    expect(skips.messages).toEqual([expect.stringContaining(`${file}:1002: a quoted field is never closed`)]);
   });
 
   it('reads TSV with paths relative to the file', async () => {

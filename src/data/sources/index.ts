@@ -11,8 +11,8 @@ import { WebdatasetSource } from './webdataset.js';
 export type { DataSource, ReadOptions, SourceItem } from './types.js';
 export { WebdatasetSource, isUnsafeEntryName, splitEntryName } from './webdataset.js';
 export { FolderSource } from './folder.js';
-export { TableSource, parseDelimited, DEFAULT_TABLE_COLUMNS } from './table.js';
-export type { TableColumns } from './table.js';
+export { TableSource, tableRecords, DEFAULT_TABLE_COLUMNS } from './table.js';
+export type { TableColumns, TableRecord } from './table.js';
 export { ParquetSource, DEFAULT_PARQUET_COLUMNS } from './parquet.js';
 export type { ParquetColumns } from './parquet.js';
 
