@@ -21,3 +21,4 @@ export * from './shapes.js';
 export { benchLoader, benchPreprocess } from './bench.js';
 export type { DataBenchResult, BenchLoaderOptions, BenchPreprocessOptions } from './bench.js';
 export { DataReadConfig, captionOptionsFrom, preprocessOptionsFrom, prepareOptionsFrom } from './config.js';
+export * from './shapes-judge.js';
