@@ -9,6 +9,10 @@ import type { ColourName, ShapeName } from '../../src/data/shapes.js';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
+// The judge of generated shapes images and the caption parser, for evaluators of models trained on this dataset.
+export { ShapesJudge, ShapesJudgeError, createShapesJudge, judgeShapesImage, parseShapesCaption, scoreShapes, DEFAULT_JUDGE_OPTIONS, SCORED_ATTRIBUTES } from '../../src/data/shapes-judge.js';
+export type { AskedAttributes, BackgroundName, JudgedAttribute, ScoredAttribute, ShapesJudgement, ShapesJudgeOptions, ShapesScore } from '../../src/data/shapes-judge.js';
+
 const Combo = z
   .object({
     shape: z.enum(SHAPES as unknown as [ShapeName, ...ShapeName[]]).describe('shape name, e.g. star'),

@@ -82,8 +82,8 @@ const MIN_PAIR_DISTANCE = Math.min(...BACKGROUND_RGB.flatMap((a, i) => BACKGROUN
 const BLEND_RADIUS = 0.45 * MIN_PAIR_DISTANCE;
 
 /** Blend shares below LOW are background, above HIGH foreground (reconstruction noise stays out of the mask). */
-const MASK_LOW = 0.15;
-const MASK_HIGH = 0.85;
+const MASK_LOW = 0.3;
+const MASK_HIGH = 0.7;
 
 /** Best fit below which shape/position/size get no confidence, and the fit at which they get full confidence. */
 const FIT_NONE = 0.3;
