@@ -3,6 +3,8 @@
  *   --quick          fewer repetitions and steps (about a minute)
  *   --only a,b       sections: matmul, conv, vq, bart, cli, data, shapes (default: all; shapes trains the
  *                    vqgan-shapes experiment, ~10 min, or 300 steps with --quick)
+ *   --only judge     (not in the default set) the shapes judge on a trained shapes VQGAN's reconstructions:
+ *                    --vqgan <dir>, else the newest finished vqgan-finetune run in --runs <dir> (default runs/)
  *   --steps N        training steps per model (first is warm-up; default 4, quick 3)
  *   --no-peer        skip the PyTorch peer (bench/peer/models.py via /usr/bin/python3)
  * GFLOPS of a training step = 3 × forward FLOPs / step time (forward + two backward products).
@@ -17,6 +19,7 @@ import { AdamW } from '../src/ml/optim/index.js';
 import { randomTensor } from '../src/ml/selfcheck.js';
 import { benchData } from './data.js';
 import { benchShapesVqgan } from './shapes.js';
+import { benchJudge } from './judge.js';
 import { BART_REFERENCE, bart, trainStep, VQ_REFERENCE, vqAutoencoder, type Workload } from './models.js';
 
 interface Row {
@@ -38,7 +41,8 @@ function parseArgs(argv: string[]): { quick: boolean; only: Set<string>; steps: 
   const stepsAt = argv.indexOf('--steps');
   const all = ['matmul', 'conv', 'vq', 'bart', 'cli', 'data', 'shapes'];
   const only = new Set(onlyAt >= 0 ? (argv[onlyAt + 1] ?? '').split(',') : all);
-  for (const s of only) if (!all.includes(s)) throw new Error(`--only: unknown section '${s}'; expected some of ${all.join(', ')}`);
+  const optIn = ['judge']; // asked for by name only: it needs a trained shapes VQGAN (bench/judge.ts)
+  for (const s of only) if (!all.includes(s) && !optIn.includes(s)) throw new Error(`--only: unknown section '${s}'; expected some of ${[...all, ...optIn].join(', ')}`);
   const steps = stepsAt >= 0 ? Number(argv[stepsAt + 1]) : quick ? 3 : 4;
   if (!Number.isInteger(steps) || steps < 3) throw new Error('--steps must be an integer ≥ 3 (warm-up, step 2, last step)');
   return { quick, only, steps, peer: !argv.includes('--no-peer') };
@@ -211,6 +215,7 @@ async function main(): Promise<void> {
   if (args.only.has('bart')) rows.push(benchTraining(() => bart(BART_REFERENCE), backend, args.steps));
   if (args.only.has('data')) rows.push(...(await benchData(backend, args.quick)));
   if (args.only.has('shapes')) rows.push(benchShapesVqgan(root, args.quick));
+  if (args.only.has('judge')) rows.push(...(await benchJudge(root, backend, process.argv.slice(2))));
   const peer = args.peer ? runPeer(args.only, args.steps) : { rows: [], note: 'peer skipped: --no-peer' };
   const result = {
     timestamp: new Date().toISOString(),
