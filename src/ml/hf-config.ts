@@ -55,6 +55,11 @@ export const BartConfigSchema = z.looseObject({
   ln_type: z.enum(['layernorm', 'rmsnorm']).optional(),
   ln_positions: z.string().optional(),
   tie_word_embeddings: z.boolean().optional(),
+  use_final_ln_encoder: z.boolean().optional(),
+  use_final_ln_decoder: z.boolean().optional(),
+  // mBART's spelling of pre-LN and the final layer norms
+  normalize_before: z.boolean().optional(),
+  add_final_layer_norm: z.boolean().optional(),
 });
 export type BartConfig = z.infer<typeof BartConfigSchema>;
 

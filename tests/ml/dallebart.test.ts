@@ -8,6 +8,7 @@ import {
   bosTokenId,
   DalleBart,
   DalleBartConfigError,
+  dalleBartConfigFromHf,
   dalleBartParamSpecs,
   decoderVocabSize,
   disposeDecodeState,
@@ -242,6 +243,34 @@ describe('DalleBart model', () => {
     expect(err).toBeInstanceOf(LoadParamsError);
     const problems = (err as LoadParamsError).mismatches.map((x) => `${x.problem} ${x.name}`).sort();
     expect(problems).toEqual(['missing model.encoder.layers.1.fc1.weight', 'shape model.decoder.layers.0.self_attn.k_proj.weight', 'unexpected model.decoder.layers.9.fc1.weight']);
+  });
+
+  it('trains with seeded dropout: reproducible from the Rng, different from evaluation', () => {
+    const m = DalleBart.create({ ...TINY, dropout: 0.1, attention_dropout: 0.1, activation_dropout: 0.1 }, 13);
+    models.push(m);
+    const rng = new Rng(14);
+    const { ids, mask } = text(rng, 2, 8, [8, 3]);
+    const codes = randomCodes(rng, 2, 16, 24);
+    const run = (seed: number): number => tf.tidy(() => m.loss(ids, mask, codes, { training: true, rng: new Rng(seed) }).dataSync()[0] as number);
+    const evalLoss = tf.tidy(() => m.loss(ids, mask, codes).dataSync()[0] as number);
+    expect(run(1)).toBe(run(1));
+    expect(run(1)).not.toBe(run(2));
+    expect(run(1)).not.toBe(evalLoss);
+    expect(() => tf.tidy(() => m.loss(ids, mask, codes, { training: true }))).toThrow(/needs an Rng/);
+    tf.dispose([ids, mask, codes]);
+  });
+
+  it('reads an HF BART config.json (bart-large-cnn style) as post-LN BART with biases, no GLU', () => {
+    const c = dalleBartConfigFromHf({
+      model_type: 'bart', vocab_size: 50264, d_model: 1024, encoder_layers: 12, decoder_layers: 12, encoder_attention_heads: 16, decoder_attention_heads: 16,
+      encoder_ffn_dim: 4096, decoder_ffn_dim: 4096, max_position_embeddings: 1024, activation_function: 'gelu', dropout: 0.1, attention_dropout: 0,
+      activation_dropout: 0, init_std: 0.02, scale_embedding: false, pad_token_id: 1, bos_token_id: 0, eos_token_id: 2, decoder_start_token_id: 2,
+      normalize_before: false, add_final_layer_norm: false, forced_bos_token_id: 0, task_specific_params: { summarization: { num_beams: 4 } },
+    });
+    expect(c).toMatchObject({ model_type: 'bart', use_glu: false, use_bias: true, ln_positions: 'postln', use_final_ln_encoder: false, max_text_length: 1024, encoder_ffn_dim: 4096, vocab_size: 50264 });
+    expect(dalleBartConfigFromHf({ model_type: 'bart', normalize_before: true, add_final_layer_norm: true })).toMatchObject({ ln_positions: 'preln', use_final_ln_encoder: true, use_final_ln_decoder: true });
+    expect(() => dalleBartConfigFromHf({ model_type: 'dallebart', ln_positions: 'normformer' })).toThrow(/normformer.*not implemented/);
+    expect(() => dalleBartConfigFromHf({ model_type: 't5' })).toThrow(/neither/);
   });
 
   it('a tiny DalleBart overfits 8 captions: loss far below the unigram entropy of the codes, no tensor growth', () => {
