@@ -120,6 +120,21 @@ export function buildCli(argv: string[]) {
       },
     )
     .command(
+      'tokenize [texts..]',
+      'encode texts with a tokenizer: one JSON array of ids per text (stdin lines when no text is given)',
+      (y) =>
+        y
+          .positional('texts', { type: 'string', array: true, default: [] as string[], describe: 'texts (with --decode: id lists such as "[0, 9, 2]")' })
+          .option('tokenizer', { type: 'string', demandOption: true, describe: 'tokenizer.json, or a folder with tokenizer.json or vocab.json + merges.txt' })
+          .option('special', { type: 'boolean', default: true, describe: 'add special tokens (<s> … </s>); --no-special leaves them out (and skips them when decoding)' })
+          .option('max-length', { type: 'number', describe: 'truncate to N ids, special tokens included' })
+          .option('decode', { type: 'boolean', default: false, describe: 'decode id lists to text (one JSON string per input)' }),
+      async (args) => {
+        const { tokenizeCommand } = await import('./commands/tokenize.js');
+        await tokenizeCommand({ tokenizer: args.tokenizer, texts: args.texts.map(String), special: args.special, maxLength: args.maxLength, decode: args.decode });
+      },
+    )
+    .command(
       'worker',
       false, // internal: started by executors, reads its stage spec from stdin
       (y) => y,
