@@ -16,9 +16,9 @@ export function project(files: Record<string, string> = {}): string {
   return dir;
 }
 
-export function cli(cwd: string, args: string[], env: Record<string, string> = {}) {
-  const r = spawnSync(process.execPath, [CLI, ...args], { cwd, encoding: 'utf8', env: { ...process.env, CI: '1', ...env }, timeout: 60_000 });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+export function cli(cwd: string, args: string[], env: Record<string, string> = {}, options: { timeout?: number } = {}) {
+  const r = spawnSync(process.execPath, [CLI, ...args], { cwd, encoding: 'utf8', env: { ...process.env, CI: '1', ...env }, timeout: options.timeout ?? 60_000 });
+  return { code: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
 }
 
 export function runRecords(dir: string): Record<string, unknown>[] {

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { dirname, relative, resolve, isAbsolute } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, type ConfigProblem } from '../errors.js';
@@ -59,6 +59,8 @@ export interface LoadOptions {
   /** Host names the project inventory defines (`local` always exists). */
   hosts?: string[];
   env?: NodeJS.ProcessEnv;
+  /** Project directory: YAML errors in files outside it name the position and kind of error, never the file's text. Default: the experiment's folder. */
+  projectDir?: string;
 }
 
 type Tree = Record<string, unknown>;
@@ -71,9 +73,15 @@ function merge(base: Tree, over: Tree): Tree {
   return out;
 }
 
+/** Whether `file` lies inside `dir` (its errors may then quote its text). */
+function inside(dir: string, file: string): boolean {
+  const rel = relative(dir, file);
+  return rel !== '' && !rel.startsWith('..') && !isAbsolute(rel);
+}
+
 /** Reads a file and the chain it extends; `sources` lists the most derived file first. */
-function readChain(file: string, stack: string[], sources: YamlSource[]): Tree {
-  const src = YamlSource.read(file);
+function readChain(file: string, stack: string[], sources: YamlSource[], projectDir: string): Tree {
+  const src = YamlSource.read(file, undefined, { quote: inside(projectDir, file) });
   sources.push(src);
   const value = src.value();
   const ext = value.extends;
@@ -92,7 +100,7 @@ function readChain(file: string, stack: string[], sources: YamlSource[]): Tree {
       throw new ConfigError([{ path: ['extends'], message: `'extends' forms a cycle: ${cycle.join(' → ')}`, location }]);
     }
     if (!existsSync(target)) throw new ConfigError([{ path: ['extends'], message: `'${rel}' does not exist (resolved to ${target})`, location }]);
-    base = merge(base, readChain(target, [...stack, file], sources));
+    base = merge(base, readChain(target, [...stack, file], sources, projectDir));
   });
   return merge(base, value);
 }
@@ -166,18 +174,26 @@ export function loadExperiment(file: string, options: LoadOptions): LoadedExperi
   const path = resolve(file);
   if (!existsSync(path)) throw new ConfigError([{ path: [], message: 'experiment file not found', location: { file } }]);
   const sources: YamlSource[] = [];
-  const base = readChain(path, [], sources);
+  const base = readChain(path, [], sources, resolve(options.projectDir ?? dirname(path)));
   const overrides: Override[] = (options.overrides ?? []).map(parseOverride);
   const merged = applyOverrides(base, overrides);
 
   const locate = (problem: ConfigProblem): ConfigProblem => {
-    const o = overrides.find((ov) => {
-      const n = Math.min(ov.path.length, problem.path.length);
-      return ov.path.slice(0, n).every((k, i) => k === String(problem.path[i]));
+    // The last override that set this value (or a mapping above it), or that created the mapping the problem is in.
+    const o = overrides.findLast((ov) => {
+      let common = 0;
+      while (common < ov.path.length && common < problem.path.length && ov.path[common] === String(problem.path[common])) common++;
+      if (common === ov.path.length) return ov.op !== 'delete';
+      return common > 0 && !sources.some((s) => s.has(problem.path.slice(0, common)));
     });
-    if (o && !sources.some((s) => s.has(problem.path))) return { ...problem, origin: `command-line override '${o.text}'` };
+    if (o) return { ...problem, origin: `command-line override '${o.text}'` };
     for (let n = problem.path.length; n >= 0; n--) {
       const src = sources.find((s) => s.has(problem.path.slice(0, n)));
+      if (src && !src.quote) {
+        // A file outside the project (`extends: /etc/…`): its keys and text are not echoed.
+        const message = 'not valid experiment config (the file is outside the project directory, so its content is not shown; is it an experiment YAML file?)';
+        return { path: [], message, location: src.locate(problem.path.slice(0, n)) };
+      }
       if (src) return { ...problem, location: src.locate(problem.path.slice(0, n)) };
     }
     return { ...problem, location: { file: path } };
