@@ -10,11 +10,15 @@
  *   2. colour      — the palette colour c that best explains the non-background pixels as blends of
  *                    background and c (a blurred edge is such a blend, so a reconstruction's soft edges
  *                    vote for the true colour, not for the third colour a blend happens to be near).
- *   3. mask        — each pixel's share of c along the background→c line (soft, in [0, 1]).
+ *   3. mask        — each pixel's share of c along the background→c line, 0.3…0.7 mapped to 0…1 (soft),
+ *                    and 0 for pixels far from that line.
  *   4. shape, position, size — the best soft IoU of that mask with the eight shapes rendered by the
  *                    generator itself (`shapeSvg`) in each of the 15 position × size boxes, each tried at
  *                    small integer shifts. The masks are rendered once per image side and cached.
- * A confidence is in [0, 1]; below `minConfidence` the value is `null` ("unsure") and `unsure` is set.
+ * Confidences, each in [0, 1]: background — the share of the ring nearest to it; colour — 1 − the runner-up
+ * colour's evidence / the best's; shape, position, size — a softmax (temperature 0.03 IoU) over the best fit
+ * of each value, scaled down when the best fit is below 0.6 (to 0 at 0.3: noise fits ~0.1). Below
+ * `minConfidence` (0.5) a value is `null` ("unsure") and `unsure` is set.
  */
 import sharp from 'sharp';
 import { DataError } from './errors.js';
