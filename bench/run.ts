@@ -1,8 +1,8 @@
 /**
  * `npm run bench`: compute-engine figures as JSON (stdout + bench/results/<timestamp>.json) and a table.
  *   --quick          fewer repetitions and steps (about a minute)
- *   --only a,b       sections: matmul, conv, vq, bart, cli, data, shapes (default: all; shapes trains the
- *                    vqgan-shapes experiment, ~10 min, or 300 steps with --quick)
+ *   --only a,b       sections: matmul, conv, vq, bart, cli, data, tokenizer, shapes (default: all; shapes trains
+ *                    the vqgan-shapes experiment, ~10 min, or 300 steps with --quick)
  *   --only judge     (not in the default set) the shapes judge on a trained shapes VQGAN's reconstructions:
  *                    --vqgan <dir>, else the newest finished vqgan-finetune run in --runs <dir> (default runs/)
  *   --steps N        training steps per model (first is warm-up; default 4, quick 3)
@@ -20,6 +20,7 @@ import { randomTensor } from '../src/ml/selfcheck.js';
 import { benchData } from './data.js';
 import { benchShapesVqgan } from './shapes.js';
 import { benchJudge } from './judge.js';
+import { benchTokenizer } from './tokenizer.js';
 import { BART_REFERENCE, bart, trainStep, VQ_REFERENCE, vqAutoencoder, type Workload } from './models.js';
 
 interface Row {
@@ -39,7 +40,7 @@ function parseArgs(argv: string[]): { quick: boolean; only: Set<string>; steps: 
   const quick = argv.includes('--quick');
   const onlyAt = argv.indexOf('--only');
   const stepsAt = argv.indexOf('--steps');
-  const all = ['matmul', 'conv', 'vq', 'bart', 'cli', 'data', 'shapes'];
+  const all = ['matmul', 'conv', 'vq', 'bart', 'cli', 'data', 'tokenizer', 'shapes'];
   const only = new Set(onlyAt >= 0 ? (argv[onlyAt + 1] ?? '').split(',') : all);
   const optIn = ['judge']; // asked for by name only: it needs a trained shapes VQGAN (bench/judge.ts)
   for (const s of only) if (!all.includes(s) && !optIn.includes(s)) throw new Error(`--only: unknown section '${s}'; expected some of ${[...all, ...optIn].join(', ')}`);
@@ -214,6 +215,7 @@ async function main(): Promise<void> {
   if (args.only.has('vq')) rows.push(benchTraining(() => vqAutoencoder(VQ_REFERENCE), backend, args.steps));
   if (args.only.has('bart')) rows.push(benchTraining(() => bart(BART_REFERENCE), backend, args.steps));
   if (args.only.has('data')) rows.push(...(await benchData(backend, args.quick)));
+  if (args.only.has('tokenizer')) rows.push(...benchTokenizer(args.quick));
   if (args.only.has('shapes')) rows.push(benchShapesVqgan(root, args.quick));
   if (args.only.has('judge')) rows.push(...(await benchJudge(root, backend, process.argv.slice(2))));
   const peer = args.peer ? runPeer(args.only, args.steps) : { rows: [], note: 'peer skipped: --no-peer' };

@@ -28,16 +28,30 @@ export const BYTE_TO_CHAR: readonly string[] = (() => {
 
 const encoder = new TextEncoder();
 
-/** Text → GPT-2 pre-tokens, each written in the byte-level alphabet (`" world"` → `"Ġworld"`). */
-export function byteLevelPreTokens(text: string, addPrefixSpace = false): string[] {
-  const t = addPrefixSpace && !text.startsWith(' ') ? ` ${text}` : text;
-  const out: string[] = [];
-  for (const m of t.matchAll(GPT2_SPLIT_PATTERN)) {
-    let s = '';
-    for (const b of encoder.encode(m[0])) s += BYTE_TO_CHAR[b] as string;
-    out.push(s);
+/** A piece of text in the byte-level alphabet: its UTF-8 bytes, each as its BYTE_TO_CHAR symbol. */
+export function toByteLevel(piece: string): string {
+  let out = '';
+  for (let i = 0; i < piece.length; i++) {
+    const c = piece.charCodeAt(i);
+    if (c >= 0x80) {
+      // Not ASCII: go through UTF-8 (the ASCII loop above is the common case, and needs no encoder).
+      out = '';
+      for (const b of encoder.encode(piece)) out += BYTE_TO_CHAR[b] as string;
+      return out;
+    }
+    out += BYTE_TO_CHAR[c] as string;
   }
   return out;
+}
+
+/**
+ * The ByteLevel pre-tokenizer: text → GPT-2 pre-tokens (when `useRegex`), each written in the byte-level
+ * alphabet (`" world"` → `"Ġworld"`); `addPrefixSpace` puts a space before text that has none.
+ */
+export function byteLevelPreTokens(text: string, addPrefixSpace = false, useRegex = true): string[] {
+  const t = addPrefixSpace && !text.startsWith(' ') ? ` ${text}` : text;
+  const pieces = useRegex ? (t.match(GPT2_SPLIT_PATTERN) ?? []) : [t];
+  return pieces.map(toByteLevel);
 }
 
 /**

@@ -5,12 +5,12 @@
  * fixed-length batches as flat Int32Arrays, and the special-token ids (`<pad>`, `<s>`, `</s>`, `<unk>`, `<mask>`).
  *
  * Two corrections are applied to the package, found by comparing with the Python library: its ByteLevel
- * pre-tokenizer splits with JavaScript's `\s`, which is not Oniguruma's (see bytelevel.ts), so its pattern is
- * replaced by GPT2_SPLIT_PATTERN (ids then equal the Rust library's also for text with U+0085 or U+FEFF); and
+ * pre-tokenizer splits with JavaScript's `\s`, which is not Oniguruma's (see bytelevel.ts), so it is replaced
+ * by byteLevelPreTokens (ids then equal the Rust library's also for text with U+0085 or U+FEFF); and
  * its Lowercase normalizer applies JavaScript's final-sigma rule, which Rust's does not (lowercaseLikeRust).
  */
 import * as hf from '@huggingface/tokenizers';
-import { GPT2_SPLIT_PATTERN, lowercaseLikeRust } from './bytelevel.js';
+import { byteLevelPreTokens, lowercaseLikeRust } from './bytelevel.js';
 import { TokenizerError } from './errors.js';
 
 // The package's .d.ts files use extensionless relative imports, which NodeNext resolution does not follow, so
@@ -27,7 +27,7 @@ interface HfTokenizer {
 type Ctor<T> = abstract new (...args: never[]) => T;
 const lib = hf as unknown as {
   Tokenizer: new (json: object, config: object) => HfTokenizer;
-  ByteLevelPreTokenizer: Ctor<{ pattern: RegExp }>;
+  ByteLevelPreTokenizer: Ctor<{ add_prefix_space: boolean; use_regex: boolean; pre_tokenize_text: (text: string) => string[] }>;
   SequencePreTokenizer: Ctor<{ tokenizers: unknown[] }>;
   LowercaseNormalizer: Ctor<{ normalize: (text: string) => string }>;
   SequenceNormalizer: Ctor<{ normalizers: unknown[] }>;
@@ -134,9 +134,12 @@ const CONVENTIONAL: Record<keyof SpecialTokenNames, string[]> = {
   mask: ['<mask>', '[MASK]', '<|mask|>'],
 };
 
-/** Use Oniguruma's `\s` in every ByteLevel pre-tokenizer, also inside a Sequence. */
+/** Our ByteLevel pre-tokenizer (Oniguruma's `\s`, and faster) in place of the package's, also inside a Sequence. */
 function exactByteLevel(pre: unknown): void {
-  if (pre instanceof lib.ByteLevelPreTokenizer) pre.pattern = GPT2_SPLIT_PATTERN;
+  if (pre instanceof lib.ByteLevelPreTokenizer) {
+    const { add_prefix_space: prefix, use_regex: regex } = pre;
+    pre.pre_tokenize_text = (text: string) => byteLevelPreTokens(text, prefix, regex);
+  }
   else if (pre instanceof lib.SequencePreTokenizer) for (const p of pre.tokenizers) exactByteLevel(p);
 }
 
