@@ -21,6 +21,7 @@ interface Reference {
   corpus: string[];
   gpt2: number[][];
   trained: { tokenizer: TokenizerJson; ids: number[][]; idsWithSpecial: number[][]; decoded: string[] };
+  clip: { tokenizer: TokenizerJson; ids: number[][]; idsWithSpecial: number[][]; decoded: string[] };
 }
 const reference = JSON.parse(readFileSync(FIXTURE, 'utf8')) as Reference;
 
@@ -77,6 +78,19 @@ describe('GPT-2 ids', () => {
     expect(gpt2.decode([64, 50256, 65], { skipSpecial: true })).toBe('ab');
     expect(() => gpt2.encodeBatch(['a', 'a b c'])).toThrow(/no pad token.*padId/);
     expect(Array.from(gpt2.encodeBatch(['a', 'a b c'], { padId: 50256 }).ids)).toEqual([64, 50256, 50256, 64, 275, 269]);
+  });
+});
+
+describe("CLIP-style BPE (NFC + whitespace + lowercase normalizer, CLIP's Split regex, </w> suffix)", () => {
+  it('ids with and without specials and decoded text equal the Hugging Face library (fixture)', () => {
+    const clip = tokenizerFromJson(reference.clip.tokenizer, 'clip-style tokenizer.json');
+    expect(clip.json.model.end_of_word_suffix).toBe('</w>');
+    expect([clip.bosId, clip.eosId]).toEqual([0, 1]); // <|startoftext|>, <|endoftext|>
+    reference.corpus.forEach((s, i) => {
+      expect(clip.encode(s, { addSpecial: false }).ids, JSON.stringify(s)).toEqual(reference.clip.ids[i]);
+      expect(clip.encode(s).ids).toEqual(reference.clip.idsWithSpecial[i]);
+      expect(clip.decode(clip.encode(s).ids, { skipSpecial: true })).toBe(reference.clip.decoded[i]);
+    });
   });
 });
 

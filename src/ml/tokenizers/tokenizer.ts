@@ -8,6 +8,8 @@
  * pre-tokenizer splits with JavaScript's `\s`, which is not Oniguruma's (see bytelevel.ts), so it is replaced
  * by byteLevelPreTokens (ids then equal the Rust library's also for text with U+0085 or U+FEFF); and
  * its Lowercase normalizer applies JavaScript's final-sigma rule, which Rust's does not (lowercaseLikeRust).
+ * And decode is the Rust library's: no clean-up of spaces, and an end-of-word suffix (CLIP's `</w>`) is left to
+ * the decoder (a ByteLevel decoder keeps it; transformers' CLIPTokenizerFast then replaces it with spaces).
  */
 import * as hf from '@huggingface/tokenizers';
 import { byteLevelPreTokens, lowercaseLikeRust } from './bytelevel.js';
@@ -23,6 +25,7 @@ interface HfTokenizer {
   get_vocab(withAddedTokens: boolean): Map<string, number>;
   pre_tokenizer: unknown;
   normalizer: unknown;
+  decoder: { end_of_word_suffix?: string | null } | null;
 }
 type Ctor<T> = abstract new (...args: never[]) => T;
 const lib = hf as unknown as {
@@ -186,6 +189,9 @@ export class TextTokenizer {
     }
     exactByteLevel(this.impl.pre_tokenizer);
     exactLowercase(this.impl.normalizer);
+    // The package's decode replaces the model's end-of-word suffix (CLIP's `</w>`) with spaces, as transformers'
+    // CLIPTokenizerFast does after decoding; the Rust library's decode leaves that to the decoder, and so do we.
+    if (this.impl.decoder) this.impl.decoder.end_of_word_suffix = null;
     const vocab = this.impl.get_vocab(true);
     let top = -1;
     for (const id of vocab.values()) top = Math.max(top, id);
