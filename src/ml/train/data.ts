@@ -4,7 +4,7 @@
  * uses for "the upstream stage's artifact".
  */
 import type { StageContext } from '../../core/plugins/types.js';
-import { DEFAULT_CAPTION_OPTIONS } from '../../data/captions.js';
+import { DEFAULT_CAPTION_OPTIONS, pickCaption } from '../../data/captions.js';
 import { prepareItems } from '../../data/prepare.js';
 import { DEFAULT_PREPROCESS } from '../../data/preprocess.js';
 import { SkipCounts } from '../../data/skips.js';
@@ -55,6 +55,34 @@ export async function loadImageSet(spec: string, o: ImageSetOptions): Promise<Im
   const pixels = new Float32Array(chunks.length * per);
   chunks.forEach((c, i) => pixels.set(c, i * per));
   return { pixels, captions, count: chunks.length, side: o.resolution, skips };
+}
+
+export interface CaptionSet {
+  captions: string[];
+  skips: SkipCounts;
+}
+
+/**
+ * The captions of `spec` (images are not decoded): for tokenizer training and text pre-training. An item
+ * without a caption in `fields` is skipped and counted.
+ */
+export async function loadCaptions(spec: string, o: { fields?: string[]; limit?: number; signal: AbortSignal; warn: (message: string) => void }): Promise<CaptionSet> {
+  const source = openSource(spec);
+  const skips = new SkipCounts();
+  const captions: string[] = [];
+  const options = { ...DEFAULT_CAPTION_OPTIONS, fields: o.fields ?? DEFAULT_CAPTION_OPTIONS.fields };
+  for await (const item of source.items({ skips, signal: o.signal, onWarning: o.warn })) {
+    const caption = pickCaption(item, options);
+    if (caption === undefined) {
+      const msg = `${source.description}: item "${item.key}" has no caption in ${options.fields.join(' / ')}`;
+      skips.add('missing_caption', msg);
+      o.warn(msg);
+      continue;
+    }
+    captions.push(caption);
+    if (o.limit && captions.length >= o.limit) break;
+  }
+  return { captions, skips };
 }
 
 /** (B, R, R, 3) batch of the items at `idx`. */

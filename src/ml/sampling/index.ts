@@ -1,0 +1,225 @@
+/**
+ * Autoregressive sampling of image codes from a DalleBart, as dalle-mini generates:
+ *
+ *   encode the prompts (and, with super-conditioning, the empty caption) once → cross-attention K/V once
+ *   per layer → for t in 0…image_length−1: one decoder step over the KV cache → logits of the next code
+ *   → logits = uncond + scale·(cond − uncond) → temperature, top-k, top-p → draw → feed it back
+ *
+ * The conditional and unconditional rows are one batch (2B rows), so a step is one pass of the model.
+ * Draws come from a seeded Rng per sample (seed, row), so the images for a prompt and a seed do not
+ * depend on what else is in the batch. Filtering and drawing run on the host: a row is at most
+ * image_vocab_size + 1 floats.
+ */
+import { tf } from '../backend.js';
+import { bosTokenId, type DalleBart, decoderVocabSize, disposeDecodeState } from '../models/dallebart.js';
+import { Rng } from '../rng.js';
+import { deriveSeed } from '../train/state.js';
+
+export interface SamplingOptions {
+  /** keep the k most likely codes (0 = all) */
+  topK?: number;
+  /** keep the smallest set of codes whose probability reaches p (1 = all) */
+  topP?: number;
+  /** divide logits by this (1 = unchanged) */
+  temperature?: number;
+  /** take the most likely code instead of drawing (top-k 1 is the same) */
+  greedy?: boolean;
+  /** super-conditioning scale (1 = off; dalle-mini's default 10) */
+  condScale?: number;
+}
+
+export class SamplingError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'SamplingError';
+  }
+}
+
+/** Text batch: ids and mask (B, L) row-major int32, as a tokenizer's encodeBatch gives them. */
+export interface TextBatch {
+  ids: Int32Array;
+  mask: Int32Array;
+  /** rows */
+  batch: number;
+  /** positions per row */
+  length: number;
+}
+
+export interface GenerateRequest {
+  text: TextBatch;
+  /** the empty caption tokenised (1 row, same length): needed when condScale ≠ 1 */
+  uncond?: TextBatch;
+  /** one seed per row */
+  seeds: readonly number[];
+  sampling: SamplingOptions;
+  /** called after each generated position (for progress) */
+  onStep?: (done: number, total: number) => void;
+}
+
+function checkOptions(o: SamplingOptions): Required<SamplingOptions> {
+  const r = { topK: o.topK ?? 0, topP: o.topP ?? 1, temperature: o.temperature ?? 1, greedy: o.greedy ?? false, condScale: o.condScale ?? 1 };
+  if (!Number.isInteger(r.topK) || r.topK < 0) throw new SamplingError(`top-k must be a non-negative integer (0 = off), got ${r.topK}`);
+  if (!(r.topP > 0 && r.topP <= 1)) throw new SamplingError(`top-p must be in (0, 1], got ${r.topP}`);
+  if (!(r.temperature > 0) || !Number.isFinite(r.temperature)) throw new SamplingError(`temperature must be positive, got ${r.temperature}`);
+  if (!Number.isFinite(r.condScale)) throw new SamplingError(`condition scale must be a finite number, got ${r.condScale}`);
+  return r;
+}
+
+/**
+ * One code from a row of logits over `n` codes (the BOS column excluded by the caller): temperature,
+ * then top-k, then top-p over what is left, then a draw with `rng` (or the arg-max when greedy).
+ */
+export function drawCode(logits: Float32Array, n: number, o: Required<SamplingOptions>, rng: Rng): number {
+  let best = 0;
+  for (let i = 1; i < n; i++) if ((logits[i] as number) > (logits[best] as number)) best = i;
+  if (o.greedy || o.topK === 1) return best;
+  // candidates, most likely first (only as many as top-k keeps, when it is set)
+  let idx = Array.from({ length: n }, (_, i) => i);
+  idx.sort((a, b) => (logits[b] as number) - (logits[a] as number) || a - b);
+  if (o.topK > 0 && o.topK < n) idx = idx.slice(0, o.topK);
+  const max = logits[best] as number;
+  const w = idx.map((i) => Math.exp(((logits[i] as number) - max) / o.temperature));
+  let total = w.reduce((s, v) => s + v, 0);
+  if (o.topP < 1) {
+    let acc = 0;
+    let keep = 0;
+    while (keep < w.length && acc < o.topP * total) acc += w[keep++] as number;
+    idx = idx.slice(0, Math.max(1, keep));
+    w.length = idx.length;
+    total = w.reduce((s, v) => s + v, 0);
+  }
+  let u = rng.uniform() * total;
+  for (let k = 0; k < idx.length; k++) {
+    u -= w[k] as number;
+    if (u < 0) return idx[k] as number;
+  }
+  return idx[idx.length - 1] as number;
+}
+
+/**
+ * The next code of each of the B prompts from the step's logits (rows × V): super-conditioning mixes row b
+ * with its unconditional row B + b (logits = uncond + scale·(cond − uncond)), then `drawCode`.
+ */
+function pickCodes(logits: Float32Array, B: number, V: number, nCodes: number, superCond: boolean, o: Required<SamplingOptions>, rngs: Rng[]): number[] {
+  const row = new Float32Array(nCodes);
+  const codes: number[] = [];
+  for (let b = 0; b < B; b++) {
+    const cond = logits.subarray(b * V, b * V + nCodes);
+    if (superCond) {
+      const un = logits.subarray((B + b) * V, (B + b) * V + nCodes);
+      for (let i = 0; i < nCodes; i++) row[i] = (un[i] as number) + o.condScale * ((cond[i] as number) - (un[i] as number));
+    } else {
+      row.set(cond);
+    }
+    codes.push(drawCode(row, nCodes, o, rngs[b] as Rng));
+  }
+  return codes;
+}
+
+/** Text rows for the model, with the unconditional rows appended when super-conditioning is on. */
+function modelInputs(req: GenerateRequest, superCond: boolean): { ids: tf.Tensor2D; mask: tf.Tensor2D; rows: number } {
+  const { text } = req;
+  if (text.ids.length !== text.batch * text.length || text.mask.length !== text.ids.length) throw new SamplingError(`text batch: ids/mask must hold ${text.batch}×${text.length} values`);
+  if (req.seeds.length !== text.batch) throw new SamplingError(`one seed per prompt row is needed: ${text.batch} rows, ${req.seeds.length} seeds`);
+  if (!superCond) return { ids: tf.tensor2d(text.ids, [text.batch, text.length], 'int32'), mask: tf.tensor2d(text.mask, [text.batch, text.length], 'int32'), rows: text.batch };
+  const u = req.uncond;
+  if (!u || u.batch !== 1 || u.length !== text.length) throw new SamplingError(`super-conditioning needs the empty caption tokenised as 1 row of ${text.length} positions`);
+  const ids = new Int32Array(2 * text.ids.length);
+  const mask = new Int32Array(2 * text.ids.length);
+  ids.set(text.ids);
+  mask.set(text.mask);
+  for (let r = 0; r < text.batch; r++) {
+    ids.set(u.ids, (text.batch + r) * text.length);
+    mask.set(u.mask, (text.batch + r) * text.length);
+  }
+  return { ids: tf.tensor2d(ids, [2 * text.batch, text.length], 'int32'), mask: tf.tensor2d(mask, [2 * text.batch, text.length], 'int32'), rows: 2 * text.batch };
+}
+
+/**
+ * Codes (B × image_length) for the prompts of `req`, decoded with the KV cache. Leaves no tensor behind.
+ */
+export function generateCodes(model: DalleBart, req: GenerateRequest): Int32Array[] {
+  const o = checkOptions(req.sampling);
+  const c = model.config;
+  if (c.model_type !== 'dallebart') throw new SamplingError(`image codes are sampled from a 'dallebart' model, this one is '${c.model_type}'`);
+  const superCond = o.condScale !== 1;
+  const B = req.text.batch;
+  const T = c.image_length;
+  const V = decoderVocabSize(c);
+  const nCodes = c.image_vocab_size; // the BOS column (last) is never drawn
+  const rngs = req.seeds.map((s) => new Rng(s));
+  const out = Array.from({ length: B }, () => new Int32Array(T));
+
+  const { ids, mask, rows } = modelInputs(req, superCond);
+  const enc = model.encode(ids, mask);
+  let state = model.startDecoding(enc, mask);
+  tf.dispose([ids, enc, mask]);
+  let prev = new Int32Array(rows).fill(bosTokenId(c));
+  try {
+    for (let t = 0; t < T; t++) {
+      const tokens = tf.tensor2d(prev, [rows, 1], 'int32');
+      const step = model.decodeStep(state, tokens);
+      state = step.state;
+      tokens.dispose();
+      const logits = step.logits.dataSync() as Float32Array; // (rows, V)
+      step.logits.dispose();
+      const codes = pickCodes(logits, B, V, nCodes, superCond, o, rngs);
+      const next = new Int32Array(rows);
+      codes.forEach((code, b) => {
+        (out[b] as Int32Array)[t] = code;
+        next[b] = code;
+        if (superCond) next[B + b] = code; // the unconditional row follows the same image
+      });
+      prev = next;
+      req.onStep?.(t + 1, T);
+    }
+  } finally {
+    disposeDecodeState(state);
+  }
+  return out;
+}
+
+/**
+ * The same decoding without a cache: the whole prefix goes through `decoderForward` at every position.
+ * For tests (the cache must not change a greedy result) and the speed benchmark; O(T²) work.
+ */
+export function generateCodesNoCache(model: DalleBart, req: GenerateRequest): Int32Array[] {
+  const o = checkOptions(req.sampling);
+  const c = model.config;
+  const superCond = o.condScale !== 1;
+  const B = req.text.batch;
+  const T = c.image_length;
+  const V = decoderVocabSize(c);
+  const nCodes = c.image_vocab_size;
+  const rngs = req.seeds.map((s) => new Rng(s));
+  const out = Array.from({ length: B }, () => new Int32Array(T));
+  const { ids, mask, rows } = modelInputs(req, superCond);
+  const enc = model.encode(ids, mask);
+  const seq: number[][] = Array.from({ length: rows }, () => [bosTokenId(c)]);
+  try {
+    for (let t = 0; t < T; t++) {
+      const input = tf.tensor2d(Int32Array.from(seq.flat()), [rows, t + 1], 'int32');
+      const last = tf.tidy(() => {
+        const logits = model.decoderForward(enc, mask, input); // (rows, t+1, V)
+        return tf.reshape(tf.slice(logits, [0, t, 0], [rows, 1, V]), [rows, V]);
+      });
+      input.dispose();
+      const logits = last.dataSync() as Float32Array;
+      last.dispose();
+      pickCodes(logits, B, V, nCodes, superCond, o, rngs).forEach((code, b) => {
+        (out[b] as Int32Array)[t] = code;
+        seq[b]!.push(code);
+        if (superCond) seq[B + b]!.push(code);
+      });
+      req.onStep?.(t + 1, T);
+    }
+  } finally {
+    tf.dispose([ids, mask, enc]);
+  }
+  return out;
+}
+
+/** Per-sample seeds: sample s of prompt p under `seed` (so adding prompts or samples changes no other image). */
+export function sampleSeed(seed: number, prompt: number, sample: number): number {
+  return deriveSeed(seed, 'sample', prompt, sample);
+}
