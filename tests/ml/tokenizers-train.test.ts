@@ -94,6 +94,16 @@ describe('the Hugging Face library and we agree on a trained tokenizer.json', ()
     });
   });
 
+  it("applies the tokenizer.json's own truncation, as the Rust library does (values from Python)", () => {
+    const s = 'a small red circle on a blue background';
+    const json = { ...ref.trained.tokenizer, truncation: { direction: 'Left', max_length: 5, strategy: 'LongestFirst', stride: 0 } };
+    const tok = tokenizerFromJson(json);
+    expect(tok.encode(s).ids).toEqual([0, 265, 324, 281, 2]);
+    expect(tok.encode(s, { addSpecial: false }).ids).toEqual([349, 283, 265, 324, 281]);
+    expect(tok.encode(s, { maxLength: 5 }).ids).toEqual([0, 101, 304, 317, 2]); // an explicit maxLength cuts on the right
+    expect(tokenizerFromJson(ref.trained.tokenizer).encode(s).ids).toEqual([0, 101, 304, 317, 349, 283, 265, 324, 281, 2]);
+  });
+
   // Writes the input of tokenizers-hf-reference.py when asked (see its docstring); skipped otherwise.
   it.runIf(process.env['MINIDALLE_TOKENIZER_REFERENCE_INPUT'] !== undefined)('writes the fixture input', () => {
     const trained = trainByteLevelBpeJson(REFERENCE_TRAINING.texts(), REFERENCE_TRAINING.options);

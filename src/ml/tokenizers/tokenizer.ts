@@ -171,6 +171,8 @@ export class TextTokenizer {
   private readonly prefix: number[];
   private readonly suffix: number[];
   private readonly specialIds: Set<number>;
+  /** The file's own `truncation` (the Rust library applies it on every encode): max length and side. */
+  private readonly fileTruncation: { maxLength: number; left: boolean } | null;
 
   /**
    * @param json a parsed tokenizer.json (kept as given, and written back by saveTokenizer)
@@ -227,6 +229,8 @@ export class TextTokenizer {
     if (at < 0) throw new TokenizerError('the post-processor does not keep the text as one span; only template-like post-processors are supported', source);
     this.prefix = full.slice(0, at);
     this.suffix = full.slice(at + plain.length);
+    const t = json.truncation as { max_length?: unknown; direction?: unknown } | null | undefined;
+    this.fileTruncation = typeof t?.max_length === 'number' ? { maxLength: t.max_length, left: t.direction === 'Left' } : null;
   }
 
   /** Number of special ids `encode` adds around a text (BART: 2). */
@@ -234,16 +238,22 @@ export class TextTokenizer {
     return this.prefix.length + this.suffix.length;
   }
 
-  /** Text → ids (and attention mask), as `tokenizer(text, truncation=True, max_length=…, padding="max_length")`. */
+  /**
+   * Text → ids (and attention mask), as `tokenizer(text, truncation=True, max_length=…, padding="max_length")`.
+   * Without `maxLength`, the tokenizer.json's own `truncation` applies, as in the Rust library.
+   */
   encode(text: string, options: EncodeOptions = {}): Encoded {
-    const { addSpecial = true, maxLength, padTo } = options;
+    const { addSpecial = true, padTo } = options;
+    const maxLength = options.maxLength ?? this.fileTruncation?.maxLength;
+    const left = options.maxLength === undefined && this.fileTruncation?.left === true;
     checkLength('maxLength', maxLength);
     checkLength('padTo', padTo);
     let body = this.impl.encode(text, { add_special_tokens: false }).ids;
     const extra = addSpecial ? this.numSpecialAdded : 0;
     if (maxLength !== undefined) {
       if (maxLength < extra) throw new TokenizerError(`maxLength ${maxLength} leaves no room for the ${extra} special tokens`, this.source);
-      if (body.length > maxLength - extra) body = body.slice(0, maxLength - extra);
+      const room = maxLength - extra;
+      if (body.length > room) body = left ? body.slice(body.length - room) : body.slice(0, room);
     }
     const ids = addSpecial ? [...this.prefix, ...body, ...this.suffix] : body;
     const attentionMask = new Array<number>(ids.length).fill(1);
