@@ -142,8 +142,7 @@ function exactByteLevel(pre: unknown): void {
   if (pre instanceof lib.ByteLevelPreTokenizer) {
     const { add_prefix_space: prefix, use_regex: regex } = pre;
     pre.pre_tokenize_text = (text: string) => byteLevelPreTokens(text, prefix, regex);
-  }
-  else if (pre instanceof lib.SequencePreTokenizer) for (const p of pre.tokenizers) exactByteLevel(p);
+  } else if (pre instanceof lib.SequencePreTokenizer) for (const p of pre.tokenizers) exactByteLevel(p);
 }
 
 /** Lowercase as the Rust library does (per character; see lowercaseLikeRust), also inside a Sequence. */
