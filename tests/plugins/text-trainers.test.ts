@@ -3,7 +3,7 @@
  * warm start. Exact resume for both trainers, the frozen encoder staying the pretrained one, the model
  * folder generation loads, and a VQGAN whose digest changed refused.
  */
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -22,6 +22,7 @@ import { saveVqgan, Vqgan } from '../../src/ml/models/vqgan.js';
 import { Rng } from '../../src/ml/rng.js';
 import { generateImages, loadText2Image, ModelFolderError } from '../../src/ml/text2image.js';
 import { loadCaptions } from '../../src/ml/train/data.js';
+import { cli } from '../support/cli.js';
 import { stageContext } from '../support/stage-context.js';
 
 let root: string;
@@ -165,9 +166,29 @@ describe('text-side trainers', () => {
     t2i.dispose();
     expect(tf.memory().numTensors).toBe(before);
 
+    // the CLI: PNGs, the labelled grid and generations.json, from the model folder
+    const out = join(root, 'gen');
+    writeFileSync(join(root, 'prompts.txt'), '# shapes\na blue square at the top\n');
+    const r = cli(root, ['generate', 'a red circle', '--prompts', join(root, 'prompts.txt'), '--model', resA.artifacts!.model!, '-n', '2', '--seed', '3', '--cond-scale', '2', '--out', out]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(readdirSync(out).sort()).toEqual(['generations.json', 'grid.png', 'p00-s00.png', 'p00-s01.png', 'p01-s00.png', 'p01-s01.png']);
+    const gen = JSON.parse(readFileSync(join(out, 'generations.json'), 'utf8')) as { sampling: { cond_scale: number }; images: { prompt: string; codes: number[]; file: string }[] };
+    expect(gen.sampling.cond_scale).toBe(2);
+    expect(gen.images.map((i) => i.prompt)).toEqual(['a red circle', 'a red circle', 'a blue square at the top', 'a blue square at the top']);
+    const lib = await loadText2Image(resA.artifacts!.model!);
+    const again = generateImages(lib, ['a red circle'], { samples: 2, seed: 3, sampling: { condScale: 2 } });
+    lib.dispose();
+    expect(gen.images.slice(0, 2).map((i) => i.codes)).toEqual(again.map((g) => Array.from(g.codes))); // the CLI's images are the library's
+    expect(existsSync(join(out, 'grid.png'))).toBe(true);
+
     // a VQGAN whose weights changed after training is refused, naming the file
     writeFileSync(join(root, 'vqgan', 'model.safetensors'), 'changed');
     await expect(loadText2Image(resA.artifacts!.model!)).rejects.toThrow(ModelFolderError);
     await expect(loadText2Image(resA.artifacts!.model!)).rejects.toThrow(/model\.safetensors has sha256 .* but the model was trained with/);
+    const refused = cli(root, ['generate', 'a red circle', '--model', resA.artifacts!.model!, '--out', join(root, 'gen2')]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/its VQGAN .*model\.safetensors has sha256 .* the VQGAN was changed or replaced/);
+    expect(existsSync(join(root, 'gen2'))).toBe(false);
   });
 });
