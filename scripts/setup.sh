@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets minidalle up on a fresh Debian/Ubuntu machine: the Debian packages it uses (git for run metadata;
-# g++, make and OpenBLAS for the native kernels, which make training several times faster), then `npm ci`
-# (which builds the native kernels and compiles the TypeScript).
+# g++, make and OpenBLAS for the native kernels, which make training several times faster; a font for the
+# prompt labels of image grids), then `npm ci` (which builds the native kernels and compiles the TypeScript).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,7 @@ command -v git >/dev/null || need+=(git)
 command -v g++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
 compgen -G '/usr/include/*/cblas.h' >/dev/null || [ -e /usr/include/cblas.h ] || need+=(libopenblas-dev)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=(); elif command -v sudo >/dev/null; then sudo=(sudo); else sudo=(none); fi
   if [ "${sudo[0]-}" = none ] || ! command -v apt-get >/dev/null; then
