@@ -220,7 +220,8 @@ export default definePlugin({
           return { 'eval/loss': loss / Math.max(1, heldout.captions.length), 'eval/token_acc': right / Math.max(1, counted) };
         },
         skips: () => [train.skips, heldout.skips],
-        summary: (e) => ({ backend: info.backend, ...(e ? { eval_loss: e['eval/loss'], eval_token_acc: e['eval/token_acc'] } : {}) }),
+        // the last eval/* values are in the summary already (ctx.log keeps last and best)
+        summary: () => ({ backend: info.backend }),
         async export() {
           const dir = join(ctx.outDir, 'bart');
           await saveDalleBart(model, dir);

@@ -96,7 +96,7 @@ describe('text-side trainers', () => {
     const before = tf.memory().numTensors;
     const resA = await bartPlugin.run(stageContext(a, { config, inputs: ins }));
     expect(tf.memory().numTensors).toBe(before);
-    expect(resA.summary?.eval_token_acc).toEqual(expect.any(Number));
+    expect(resA.summary?.backend).toBe('wasm');
     const b = await store.create({ name: 'bart-b', kind: 'stage' });
     const ctl = new AbortController();
     await bartPlugin.run(stageContext(b, { config, inputs: ins, signal: ctl.signal, onLog: (m, s) => s === 3 && 'train/loss' in m && ctl.abort() }));
