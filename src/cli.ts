@@ -18,7 +18,7 @@ async function context() {
 async function load(experiment: string, overrides: string[]) {
   const { project, registry } = await context();
   const { loadExperiment } = await import('./core/config/experiment.js');
-  const loaded = loadExperiment(experiment, { overrides, registry, hosts: Object.keys(project.hosts) });
+  const loaded = loadExperiment(experiment, { overrides, registry, hosts: Object.keys(project.hosts), projectDir: project.projectDir });
   return { project, registry, loaded };
 }
 
@@ -39,18 +39,25 @@ export function buildCli(argv: string[]) {
       (y) =>
         withOverrides(y)
           .option('rerun', { type: 'string', array: true, describe: 'run again: all stages (no value) or the named ones' })
-          .option('parallel', { type: 'number', describe: 'stages run at once (default: project config max_parallel)' }),
+          .option('parallel', { type: 'number', describe: 'stages run at once (default: project config max_parallel)' })
+          .option('verify', { type: 'boolean', default: false, describe: "re-hash every file of reused runs' artifacts (default: sizes, and sha256 of files changed since)" })
+          .option('wait', { type: 'boolean', default: true, describe: 'wait for another process running the same stage (--no-wait: refuse)' }),
       async (args) => {
         const { loaded, project } = await load(args.experiment, args.overrides);
         const { runPipeline } = await import('./core/pipeline/runner.js');
         const { LocalExecutor } = await import('./core/executors/local.js');
         const { ProgressBoard } = await import('./core/progress.js');
         const controller = new AbortController();
+        const killer = new AbortController();
         let interrupts = 0;
         const onSignal = (sig: string) => {
-          if (interrupts++ === 0) {
+          interrupts++;
+          if (interrupts === 1) {
             process.stderr.write(`\n${sig}: stopping stages gracefully (they save a checkpoint); press Ctrl-C again to kill them\n`);
             controller.abort();
+          } else if (interrupts === 2) {
+            process.stderr.write(`\n${sig}: killing the stages (press Ctrl-C once more to leave without recording it)\n`);
+            killer.abort();
           } else process.exit(130);
         };
         process.on('SIGINT', () => onSignal('SIGINT'));
@@ -63,6 +70,9 @@ export function buildCli(argv: string[]) {
           rerun,
           maxParallel: args.parallel,
           signal: controller.signal,
+          kill: killer.signal,
+          verify: args.verify,
+          whenBusy: args.wait ? 'wait' : 'refuse',
         });
         const line = result.stages.map((s) => `${s.stage}=${s.status}`).join(' ');
         console.log(`pipeline ${result.pipelineRunId}: ${result.status} (${line})`);
@@ -76,7 +86,11 @@ export function buildCli(argv: string[]) {
       async (args) => {
         const { loaded } = await load(args.experiment, args.overrides);
         const { formatPlan } = await import('./commands/show.js');
-        console.log(formatPlan(loaded));
+        const { consoleSecrets, redactConfig, scrub } = await import('./core/secrets.js');
+        // The plan goes through the same scrubbing as run/show/the run store: redacted by key, scrubbed by value.
+        const secrets = consoleSecrets(loaded.experiment);
+        const shown = { ...loaded, experiment: redactConfig(loaded.experiment, secrets), changedFromDefaults: redactConfig(loaded.changedFromDefaults, secrets) };
+        console.log(scrub(formatPlan(shown), secrets));
       },
     )
     .command(
@@ -172,8 +186,11 @@ export async function main(argv: string[]): Promise<void> {
     const e = err as Error & { exitCode?: number };
     const usage = e instanceof UsageError;
     const ours = e instanceof MinidalleError;
-    process.stderr.write(`error: ${e.name === 'ConfigError' ? `invalid configuration:\n${e.message}` : e.message}\n`);
-    if (argv.includes('--verbose') && e.stack) process.stderr.write(`${e.stack}\n`);
+    // Errors reach the console scrubbed of the environment's secrets, like everything else printed.
+    const { consoleSecrets, scrub } = await import('./core/secrets.js');
+    const secrets = consoleSecrets();
+    process.stderr.write(`error: ${scrub(e.name === 'ConfigError' ? `invalid configuration:\n${e.message}` : e.message, secrets)}\n`);
+    if (argv.includes('--verbose') && e.stack) process.stderr.write(`${scrub(e.stack, secrets)}\n`);
     else if (!ours && !usage) process.stderr.write('(run with --verbose for the stack trace)\n');
     if (usage) process.stderr.write('see `minidalle --help`\n');
     process.exitCode = e.exitCode ?? (usage ? 2 : 1);

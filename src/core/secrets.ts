@@ -100,6 +100,36 @@ export function secretValues(env: Record<string, string | undefined> = process.e
   return sortLongestFirst(found);
 }
 
+/**
+ * String values (at least 6 characters) found under secret-named keys anywhere in a config tree, e.g. a token
+ * written into a stage's `with:`: scrubbed by value too, so the token is caught wherever a stage echoes it.
+ */
+export function configSecretValues(tree: unknown): string[] {
+  const found = new Set<string>();
+  const take = (v: unknown): void => {
+    if (typeof v === 'string') {
+      if (v.length >= MIN_SECRET_LENGTH) found.add(v);
+    } else if (Array.isArray(v)) v.forEach(take);
+    else if (typeof v === 'object' && v !== null) Object.values(v).forEach(take);
+  };
+  const walk = (v: unknown, seen: Set<object>): void => {
+    if (typeof v !== 'object' || v === null || seen.has(v)) return;
+    seen.add(v);
+    if (Array.isArray(v)) v.forEach((x) => walk(x, seen));
+    else for (const [k, x] of Object.entries(v)) isSecretKey(k) ? take(x) : walk(x, seen);
+  };
+  walk(tree, new Set());
+  return sortLongestFirst(found);
+}
+
+/**
+ * What every console path scrubs: the secret values of the environment and of the config (when given), and
+ * the config itself redacted by key. `run`, `validate` and the error printer all go through it.
+ */
+export function consoleSecrets(config?: unknown, env: Record<string, string | undefined> = process.env): string[] {
+  return sortLongestFirst([...secretValues(env), ...(config === undefined ? [] : configSecretValues(config))]);
+}
+
 function sortLongestFirst(values: Iterable<string>): string[] {
   return [...new Set(values)].filter((v) => v.length > 0).sort((a, b) => b.length - a.length || (a < b ? -1 : 1));
 }

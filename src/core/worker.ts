@@ -10,7 +10,7 @@ import { loadPlugins } from './plugins/registry.js';
 import { createStageContext, notify } from './context.js';
 import type { Plugin } from './plugins/types.js';
 import { RunStore } from './runs/index.js';
-import { scrub, secretValues } from './secrets.js';
+import { configSecretValues, scrub, secretValues } from './secrets.js';
 
 function emit(e: WorkerEvent): void {
   process.stdout.write(encodeEvent(e));
@@ -28,11 +28,14 @@ async function readSpec(): Promise<{ spec: StageSpec; stdinClosed: Promise<void>
 
 export async function runWorker(): Promise<number> {
   const { spec, stdinClosed } = await readSpec();
-  const secrets = secretValues();
+  // The environment's secrets and the values under secret-named keys of the stage's config.
+  const secrets = [...secretValues(), ...configSecretValues(spec.config)];
   const controller = new AbortController();
   let signals = 0;
+  // Signals come from the orchestrator (the worker has its own process group): SIGTERM once to stop gracefully,
+  // then SIGKILL. A second signal sent by hand still means "stop now".
   const stop = (why: string): void => {
-    if (signals++ > 0) process.exit(130); // a second signal: stop now
+    if (signals++ > 0) process.exit(130);
     process.stderr.write(`stopping (${why}): finishing the current step and saving a checkpoint\n`);
     controller.abort(new Error(why));
   };
@@ -46,7 +49,7 @@ export async function runWorker(): Promise<number> {
     if (!plugin) throw new Error(`plugin '${spec.plugin}' is not installed on this host`);
     const observers = spec.observers.map((n) => registry.get(n)).filter((p): p is Plugin => p !== undefined);
     const config = plugin.config.parse(spec.config) as Record<string, unknown>;
-    const store = new RunStore(spec.runsDir);
+    const store = new RunStore(spec.runsDir, { secrets: configSecretValues(spec.config) });
     const run = await store.open(spec.runId);
     const logger = {
       info: (m: string) => process.stdout.write(`${scrub(m, secrets)}\n`),

@@ -50,7 +50,7 @@ describe('minidalle validate: bounded, quiet config reads', () => {
     expect(a.stderr).toMatch(/invalid YAML \(\w+\); is it a YAML file\?/);
     const b = cli(dir, ['validate', 'b.yaml']);
     expect(b.code).toBe(2);
-    expect(b.stderr).toContain(`${notYaml}:1:1: not valid experiment config (the file is outside the project directory`);
+    expect(b.stderr).toContain(`${notYaml}:1:1: not valid experiment config (the file is outside the project and not named .yaml`);
     for (const r of [a, b]) {
       expect(r.stderr).not.toMatch(/SECRET|19000|root/);
     }

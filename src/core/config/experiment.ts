@@ -51,6 +51,8 @@ export interface LoadedExperiment {
   changedFromDefaults: Record<string, Record<string, unknown>>;
   /** The files read, the experiment itself first, then what it extends. */
   files: string[];
+  /** `version` of each stage's plugin that declares one, by plugin name (part of the stage fingerprint). */
+  pluginVersions: Record<string, string>;
 }
 
 export interface LoadOptions {
@@ -73,15 +75,18 @@ function merge(base: Tree, over: Tree): Tree {
   return out;
 }
 
-/** Whether `file` lies inside `dir` (its errors may then quote its text). */
-function inside(dir: string, file: string): boolean {
-  const rel = relative(dir, file);
-  return rel !== '' && !rel.startsWith('..') && !isAbsolute(rel);
+/**
+ * Whether errors about `file` may quote its keys and text: it lies inside the project, or is named as YAML.
+ * Anything else (`extends: /etc/shadow`) is named by position and kind of error only.
+ */
+function mayQuote(projectDir: string, file: string): boolean {
+  const rel = relative(projectDir, file);
+  return /\.ya?ml$/i.test(file) || (rel !== '' && !rel.startsWith('..') && !isAbsolute(rel));
 }
 
 /** Reads a file and the chain it extends; `sources` lists the most derived file first. */
 function readChain(file: string, stack: string[], sources: YamlSource[], projectDir: string): Tree {
-  const src = YamlSource.read(file, undefined, { quote: inside(projectDir, file) });
+  const src = YamlSource.read(file, undefined, { quote: mayQuote(projectDir, file) });
   sources.push(src);
   const value = src.value();
   const ext = value.extends;
@@ -191,7 +196,7 @@ export function loadExperiment(file: string, options: LoadOptions): LoadedExperi
       const src = sources.find((s) => s.has(problem.path.slice(0, n)));
       if (src && !src.quote) {
         // A file outside the project (`extends: /etc/…`): its keys and text are not echoed.
-        const message = 'not valid experiment config (the file is outside the project directory, so its content is not shown; is it an experiment YAML file?)';
+        const message = 'not valid experiment config (the file is outside the project and not named .yaml, so its content is not shown; is it an experiment YAML file?)';
         return { path: [], message, location: src.locate(problem.path.slice(0, n)) };
       }
       if (src) return { ...problem, location: src.locate(problem.path.slice(0, n)) };
@@ -215,6 +220,7 @@ export function loadExperiment(file: string, options: LoadOptions): LoadedExperi
   const hosts = new Set(['local', ...(options.hosts ?? [])]);
   const stageNames = Object.keys(experiment.stages);
   const changedFromDefaults: Record<string, Record<string, unknown>> = {};
+  const pluginVersions: Record<string, string> = {};
   for (const [name, stage] of Object.entries(experiment.stages)) {
     const at = (...rest: (string | number)[]) => ['stages', name, ...rest];
     if (!STAGE_NAME.test(name)) problems.push({ path: at(), message: `stage names are lower-case letters, digits, '_' and '-'` });
@@ -232,6 +238,7 @@ export function loadExperiment(file: string, options: LoadOptions): LoadedExperi
       problems.push({ path: at('plugin'), message: `unknown plugin '${stage.plugin}'${didYouMean(stage.plugin, options.registry.names())} (see \`minidalle plugins\`)` });
       continue;
     }
+    if (plugin.version !== undefined) pluginVersions[plugin.name] = String(plugin.version);
     const withParsed = plugin.config.safeParse(stage.with);
     if (!withParsed.success) {
       problems.push(...zodProblems(withParsed.error, plugin.config, at('with')));
@@ -246,7 +253,7 @@ export function loadExperiment(file: string, options: LoadOptions): LoadedExperi
   const { order, cycle } = topologicalOrder(experiment.stages);
   if (cycle) problems.push({ path: ['stages', cycle[0]!, 'needs'], message: `stages form a cycle: ${cycle.join(' → ')}` });
   if (problems.length) fail(problems);
-  return { file: path, experiment, order, changedFromDefaults, files: sources.map((s) => s.file) };
+  return { file: path, experiment, order, changedFromDefaults, files: sources.map((s) => s.file), pluginVersions };
 }
 
 /** zod issues as problems with key paths and, for unknown keys, the nearest valid key. */

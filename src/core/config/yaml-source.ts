@@ -9,8 +9,8 @@ const MAX_ALIASES = 100;
 
 export interface ReadOptions {
   /**
-   * Whether error messages may quote the file's text. Off for files outside the project (`extends:
-   * /etc/…`): a file that is not YAML is refused by position and kind of error, never by its content.
+   * Whether error messages may quote the file's text. Off for files outside the project not named `.yaml`
+   * (`extends: /etc/…`): a file that is not YAML is refused by position and kind of error, never by its content.
    */
   quote?: boolean;
 }

@@ -20,7 +20,10 @@ export class LocalExecutor implements Executor {
   readonly host = 'local';
 
   start(spec: StageSpec, io: StageIO): StageProcess {
-    const child = spawn(process.execPath, [workerEntry(), 'worker'], { stdio: ['pipe', 'pipe', 'pipe'], env: process.env });
+    // Its own process group: a Ctrl-C in the terminal reaches only the orchestrator, which forwards one SIGTERM
+    // (graceful stop) and, on a second Ctrl-C, SIGKILL. In the terminal's group, the worker would get the
+    // terminal's SIGINT and the forwarded SIGTERM together and take the second for "kill now".
+    const child = spawn(process.execPath, [workerEntry(), 'worker'], { stdio: ['pipe', 'pipe', 'pipe'], env: process.env, detached: true });
     child.stdin.on('error', () => {}); // the worker may exit before reading everything; its exit code tells why
     child.stdin.write(`${JSON.stringify(spec)}\n`);
     createInterface({ input: child.stdout }).on('line', (line) => {

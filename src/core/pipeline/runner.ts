@@ -1,14 +1,25 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
-import type { LoadedExperiment } from '../config/experiment.js';
+import type { LoadedExperiment, StageConfig } from '../config/experiment.js';
 import type { ProjectConfig } from '../config/project.js';
 import { EXIT, type StageSpec } from '../executors/protocol.js';
 import type { Executor, StageProcess } from '../executors/types.js';
 import { gitState, hostName, versions } from '../meta.js';
 import type { StageOutputs } from '../plugins/types.js';
 import type { ProgressBoard } from '../progress.js';
-import { RunStore, type RunHandle, type RunRecord, type RunStatus } from '../runs/index.js';
-import { scrub, secretValues } from '../secrets.js';
+import {
+  ArtifactError,
+  readArtifactManifest,
+  RunStore,
+  tryLockFingerprint,
+  verifyArtifacts,
+  writeArtifactManifest,
+  type FingerprintLock,
+  type RunHandle,
+  type RunRecord,
+  type RunStatus,
+} from '../runs/index.js';
+import { configSecretValues, consoleSecrets, scrub } from '../secrets.js';
 import { stageFingerprints } from './fingerprint.js';
 import { resolveStageRefs } from './resolve-refs.js';
 
@@ -33,6 +44,51 @@ export interface RunPipelineOptions {
   maxParallel?: number;
   /** Aborting it stops the pipeline gracefully (workers get SIGTERM and save a checkpoint). */
   signal?: AbortSignal;
+  /** Aborting it kills the running workers at once (SIGKILL): the second Ctrl-C. */
+  kill?: AbortSignal;
+  /** Hash every file of a reused run's artifacts (default: sizes always, sha256 of files whose mtime/ctime changed). */
+  verify?: boolean;
+  /** When another process runs a stage with the same fingerprint: wait for it and reuse its result (default), or refuse. */
+  whenBusy?: 'wait' | 'refuse';
+  /** How often a waiting stage looks at the lock again (ms). */
+  lockPollMs?: number;
+}
+
+/** Lines the worker's logger.warn writes to stderr start with this. */
+const WARNING_PREFIX = 'warning: ';
+
+/** A stage that cannot start because another process owns its fingerprint. */
+class StageBlocked extends Error {}
+
+/** True when neither the orchestrator nor the worker that wrote a run is alive on this host. */
+function ownerGone(r: RunRecord, me: string): boolean {
+  if ((r.owner_host ?? r.host) !== me) return false;
+  const pids = [r.pid, (r.meta as { worker_pid?: unknown }).worker_pid].filter((p): p is number => typeof p === 'number' && p > 0);
+  return pids.every((pid) => {
+    try {
+      process.kill(pid, 0);
+      return pid === process.pid;
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'ESRCH';
+    }
+  });
+}
+
+/**
+ * Why a finished run's artifacts cannot be reused (a file changed, grew, or was deleted), '' when they verify,
+ * undefined when the run has no manifest (it finished before manifests were recorded).
+ */
+async function checkArtifacts(record: RunRecord, store: RunStore, full: boolean): Promise<string | undefined> {
+  const dir = join(store.root, record.id);
+  try {
+    const manifest = await readArtifactManifest(dir);
+    if (!manifest) return undefined;
+    await verifyArtifacts(dir, record.outputs?.artifacts ?? {}, manifest, { full });
+    return '';
+  } catch (err) {
+    if (err instanceof ArtifactError) return err.message;
+    throw err;
+  }
 }
 
 function readSummary(file: string): Record<string, unknown> {
@@ -63,8 +119,9 @@ function outputsOf(record: RunRecord, store: RunStore): StageOutputs {
 export async function runPipeline(loaded: LoadedExperiment, options: RunPipelineOptions): Promise<PipelineResult> {
   const { project, board } = options;
   const exp = loaded.experiment;
-  const store = new RunStore(project.runsDir);
-  const secrets = secretValues();
+  // Secrets of the environment and the values under secret-named keys of the experiment, scrubbed everywhere.
+  const store = new RunStore(project.runsDir, { secrets: configSecretValues(exp) });
+  const secrets = consoleSecrets(exp);
   const git = gitState(project.projectDir);
   const inProject = relative(project.projectDir, loaded.file);
   const experimentPath = inProject.startsWith('..') ? loaded.file : inProject;
@@ -92,29 +149,107 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
   const outcomes = new Map<string, StageOutcome>();
   const outputs: Record<string, StageOutputs> = {};
   const running = new Map<string, { proc: StageProcess; done: Promise<void> }>();
+  /** Stages between "may start" and "worker started" (waiting for a lock, verifying, creating the run). */
+  const launching = new Map<string, Promise<void>>();
   const maxParallel = options.maxParallel ?? exp.max_parallel ?? project.max_parallel;
   const forced = (stage: string) => options.rerun === true || (Array.isArray(options.rerun) && options.rerun.includes(stage));
-  let stopping = false;
+  const me = hostName();
+  let stopping = options.signal?.aborted ?? false;
+  let wake: (() => void) | undefined;
   const onAbort = (): void => {
     stopping = true;
     for (const r of running.values()) r.proc.stop();
+    wake?.();
+  };
+  const onKill = (): void => {
+    stopping = true;
+    for (const r of running.values()) r.proc.stop(true);
+    wake?.();
   };
   options.signal?.addEventListener('abort', onAbort, { once: true });
+  options.kill?.addEventListener('abort', onKill, { once: true });
+  const warnFor = (name: string) => (m: string) => board.line(`${name}: warning: ${scrub(m, secrets)}`);
+
+  /** Waits for the lock of a fingerprint; undefined when the pipeline stops meanwhile. Throws when refusing. */
+  const acquire = async (name: string, fingerprint: string): Promise<FingerprintLock | undefined> => {
+    let told = false;
+    for (;;) {
+      const attempt = tryLockFingerprint(store.root, fingerprint, `${exp.name}/${name} (pipeline run ${pipeline.id})`);
+      if ('lock' in attempt) return attempt.lock;
+      const { owner, file } = attempt;
+      const who = `pid ${owner.pid} on ${owner.host} (${owner.what}, since ${owner.since})`;
+      if (owner.host !== me || owner.pid <= 0) {
+        throw new StageBlocked(`${who} holds ${file} for this same stage; it cannot be checked from ${me}. If that process is gone, delete the file`);
+      }
+      if (options.whenBusy === 'refuse') throw new StageBlocked(`${who} is running this same stage (same plugin, config and inputs); wait for it, or stop it`);
+      if (!told) board.line(`${name}: waiting for ${who}, which runs this same stage; its result is reused when it finishes`);
+      told = true;
+      if (stopping) return undefined;
+      await new Promise<void>((res) => {
+        const t = setTimeout(res, options.lockPollMs ?? 250);
+        wake = () => {
+          clearTimeout(t);
+          res();
+        };
+      });
+      if (stopping) return undefined;
+    }
+  };
 
   const startStage = async (name: string): Promise<void> => {
     const stage = exp.stages[name]!;
     const fingerprint = fingerprints[name]!;
+    let lock: FingerprintLock | undefined;
+    try {
+      lock = await acquire(name, fingerprint);
+    } catch (err) {
+      if (!(err instanceof StageBlocked)) throw err;
+      board.line(`${name}: not started: ${err.message}`);
+      outcomes.set(name, { stage: name, status: 'skipped', reason: err.message });
+      return;
+    }
+    if (!lock) {
+      outcomes.set(name, { stage: name, status: 'skipped', reason: 'the pipeline was stopped' });
+      board.line(`${name}: skipped (the pipeline was stopped)`);
+      return;
+    }
+    let handedOver = false;
+    try {
+      handedOver = await launch(name, stage, fingerprint, lock);
+    } finally {
+      if (!handedOver) lock.release();
+    }
+  };
+
+  /** Reuses, or starts a worker for, one stage while holding its lock; true when a worker now owns the lock. */
+  const launch = async (name: string, stage: StageConfig, fingerprint: string, lock: FingerprintLock): Promise<boolean> => {
     if (!forced(name)) {
       const reusable = await store.findReusable(fingerprint);
       if (reusable) {
+        const problem = await checkArtifacts(reusable, store, options.verify ?? false);
+        if (problem) {
+          const error = `cannot reuse run ${reusable.id}: ${problem}; run it again with --rerun ${name}`;
+          board.line(`${name}: ${error}`);
+          outcomes.set(name, { stage: name, status: 'failed', runId: reusable.id, error });
+          return false;
+        }
+        if (problem === undefined) {
+          board.line(`${name}: warning: run ${reusable.id} finished before artifact manifests were recorded, so its artifacts are reused unverified (--rerun ${name} makes a verified one)`);
+        }
         board.line(`${name}: reusing run ${reusable.id} (finished ${reusable.ended_at ?? '?'}; same plugin, config and inputs — --rerun to run it again)`);
         outputs[name] = outputsOf(reusable, store);
         outcomes.set(name, { stage: name, status: 'reused', runId: reusable.id });
-        return;
+        return false;
       }
     }
     // --rerun means from scratch: neither reuse a finished run nor resume an interrupted one.
-    const resumable = forced(name) ? undefined : await store.findResumable(fingerprint);
+    const point = forced(name) ? { unusable: [] } : await store.resumePoint(fingerprint, warnFor(name));
+    const resumable = point.run;
+    // Whoever wrote these runs' checkpoints is gone (this process holds the fingerprint): clear what they left.
+    for (const r of [...(resumable ? [resumable] : []), ...point.unusable]) {
+      if (!ownerGone(r, me)) continue;
+      await store.handle(r).checkpoints({ onWarning: warnFor(name) }).removeLeftovers();
+    }
     const inputs = Object.fromEntries(stage.needs.map((n) => [n, outputs[n]!]));
     const run: RunHandle = await store.create(
       {
@@ -127,22 +262,28 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
         fingerprint,
         resumed_from: resumable?.id,
         pid: process.pid,
-        owner_host: hostName(),
+        owner_host: me,
       },
       { ...stage, seed: exp.seed },
     );
-    await run.update({ host: stage.host, started_at: new Date().toISOString(), meta: commonMeta });
-    board.line(`${name}: run ${run.id} (${stage.plugin} on ${stage.host})${resumable ? `, resuming from run ${resumable.id} (${resumable.status})` : ''}`);
+    const pluginVersion = loaded.pluginVersions[stage.plugin];
+    await run.update({ host: stage.host, started_at: new Date().toISOString(), meta: { ...commonMeta, ...(pluginVersion === undefined ? {} : { plugin_version: pluginVersion }) } });
+    const from = point.checkpoint ? ` (step ${point.checkpoint.step}${point.checkpoint.runId === resumable?.id ? '' : ` of run ${point.checkpoint.runId}`})` : '';
+    board.line(`${name}: run ${run.id} (${stage.plugin} on ${stage.host})${resumable ? `, resuming from run ${resumable.id} (${resumable.status})${from}` : ''}`);
+    if (!resumable && point.unusable.length > 0) {
+      board.line(`${name}: no usable checkpoint: starting from step 0 (every checkpoint of run ${point.unusable.map((r) => r.id).join(', ')} fails its check; see the warnings above)`);
+    }
     const output = run.output();
     let config: Record<string, unknown>;
     try {
       config = resolveStageRefs(stage.with, inputs) as Record<string, unknown>;
     } catch (err) {
       const error = (err as Error).message;
+      output.close();
       await run.finish('failed', { error });
       board.line(`${name}: failed: ${error}`);
       outcomes.set(name, { stage: name, status: 'failed', runId: run.id, error });
-      return;
+      return false;
     }
     const spec: StageSpec = {
       runId: run.id,
@@ -174,36 +315,53 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
         }
       },
       onOutput: (line, stream) => {
-        output.line(line, stream);
+        // The worker's logger.warn lines are warnings, not errors, in output.log.
+        output.line(line, stream === 'stderr' && line.startsWith(WARNING_PREFIX) ? 'warning' : stream);
         board.line(`[${name}] ${scrub(line, secrets)}`);
       },
     });
     await run.update({ meta: { worker_pid: proc.pid } });
+    if (stopping) proc.stop(options.kill?.aborted ?? false); // a Ctrl-C that came while the worker was starting
     const done = proc.exited.then(async ({ code, signal }) => {
-      board.end(name);
-      let status: Exclude<RunStatus, 'running'>;
-      if (code === EXIT.finished && result && !result.stopped) status = 'finished';
-      else if (code === EXIT.stopped || result?.stopped) status = 'stopped';
-      else if (code === EXIT.failed) status = 'failed';
-      else status = 'crashed';
-      const why = error ?? (status === 'crashed' ? `worker exited with ${signal ? `signal ${signal}` : `code ${code}`}` : undefined);
-      output.close();
-      await run.finish(status, {
-        exit_code: code ?? undefined,
-        error: why,
-        outputs: status === 'finished' ? { artifacts: result!.artifacts } : undefined,
-      });
-      if (status === 'finished') outputs[name] = outputsOf(await run.read(), store);
-      board.line(`${name}: ${status}${why ? `: ${why}` : ''} (run ${run.id})`);
-      outcomes.set(name, { stage: name, status, runId: run.id, error: why });
-      running.delete(name);
+      try {
+        board.end(name);
+        let status: Exclude<RunStatus, 'running'>;
+        if (code === EXIT.finished && result && !result.stopped) status = 'finished';
+        else if (code === EXIT.stopped || result?.stopped) status = 'stopped';
+        else if (code === EXIT.failed) status = 'failed';
+        else status = 'crashed';
+        let why = error ?? (status === 'crashed' ? `worker exited with ${signal ? `signal ${signal}` : `code ${code}`}` : undefined);
+        if (status === 'finished') {
+          // What a later run reuses is vouched for by size and sha256 from now on.
+          try {
+            await writeArtifactManifest(run.dir, result!.artifacts);
+          } catch (err) {
+            if (!(err instanceof ArtifactError)) throw err;
+            status = 'failed';
+            why = err.message;
+          }
+        }
+        output.close();
+        await run.finish(status, {
+          exit_code: code ?? undefined,
+          error: why,
+          outputs: status === 'finished' ? { artifacts: result!.artifacts } : undefined,
+        });
+        if (status === 'finished') outputs[name] = outputsOf(await run.read(), store);
+        board.line(`${name}: ${status}${why ? `: ${scrub(why, secrets)}` : ''} (run ${run.id})`);
+        outcomes.set(name, { stage: name, status, runId: run.id, error: why });
+      } finally {
+        lock.release();
+        running.delete(name);
+      }
     });
     running.set(name, { proc, done });
+    return true;
   };
 
   // Scheduler: start every stage whose needs are done, up to maxParallel at once.
   const pending = [...loaded.order];
-  while (pending.length > 0 || running.size > 0) {
+  while (pending.length > 0 || running.size > 0 || launching.size > 0) {
     for (const name of [...pending]) {
       const needs = exp.stages[name]!.needs;
       const bad = needs.find((n) => outcomes.has(n) && !['finished', 'reused'].includes(outcomes.get(n)!.status));
@@ -214,16 +372,25 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
         pending.splice(pending.indexOf(name), 1);
         continue;
       }
-      if (running.size >= maxParallel || !needs.every((n) => outcomes.has(n))) continue;
+      if (running.size + launching.size >= maxParallel || !needs.every((n) => outcomes.has(n))) continue;
       pending.splice(pending.indexOf(name), 1);
-      await startStage(name);
+      const task = startStage(name)
+        .catch((err: unknown) => {
+          const error = scrub((err as Error).message ?? String(err), secrets);
+          board.line(`${name}: failed to start: ${error}`);
+          outcomes.set(name, { stage: name, status: 'skipped', reason: `failed to start: ${error}` });
+        })
+        .finally(() => launching.delete(name));
+      launching.set(name, task);
     }
-    if (running.size > 0) await Promise.race([...running.values()].map((r) => r.done));
+    const busy = [...running.values()].map((r) => r.done).concat([...launching.values()]);
+    if (busy.length > 0) await Promise.race(busy);
     else if (pending.length > 0 && pending.every((n) => !exp.stages[n]!.needs.every((d) => outcomes.has(d)))) {
       throw new Error(`internal: stages ${pending.join(', ')} can never start`);
     }
   }
   options.signal?.removeEventListener('abort', onAbort);
+  options.kill?.removeEventListener('abort', onKill);
 
   const stages = loaded.order.map((n) => outcomes.get(n)!);
   const ok = stages.every((s) => s.status === 'finished' || s.status === 'reused');

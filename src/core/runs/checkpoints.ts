@@ -18,6 +18,11 @@ export type WarningSink = (message: string) => void;
 export interface RunCheckpoints extends Checkpoints {
   /** Deletes all but the newest `keep` checkpoints of this run and those in `protect` (never an ancestor's). */
   prune(keep: number, options?: { protect?: number[] }): Promise<void>;
+  /**
+   * Removes what interrupted saves of this run left (`.tmp-` dirs; a set-aside checkpoint is put back). Call it
+   * only when no process writes this run's checkpoints any more (e.g. when a new run resumes from it).
+   */
+  removeLeftovers(): Promise<void>;
 }
 
 /** How a checkpoint store finds the runs a run resumed from. */
@@ -238,6 +243,11 @@ export function runCheckpoints(lineage: CheckpointLineage, onWarning: WarningSin
         }
       }
       return out;
+    },
+
+    async removeLeftovers() {
+      cleaned = false;
+      await cleanup();
     },
 
     async prune(keep, options = {}) {

@@ -15,3 +15,7 @@ export {
   CheckpointError,
   MediaError,
 } from './errors.js';
+export { tryLockFingerprint, FingerprintLock } from './locks.js';
+export type { LockOwner, LockAttempt } from './locks.js';
+export { writeArtifactManifest, readArtifactManifest, verifyArtifacts, ArtifactError, ARTIFACT_MANIFEST } from './artifacts.js';
+export type { ArtifactManifest } from './artifacts.js';

@@ -1,9 +1,10 @@
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { scrub } from '../secrets.js';
 
-export type OutputStream = 'stdout' | 'stderr';
+/** `warning`: a stage's warnings (logger.warn), kept apart from its errors. */
+export type OutputStream = 'stdout' | 'stderr' | 'warning';
 
-/** Append-only writer of a run's output.log: `<iso ts> <text>` per line, stderr lines prefixed `ERROR ` (as W&B). */
+/** Append-only writer of a run's output.log: `<iso ts> <text>` per line, stderr lines prefixed `ERROR ` (as W&B), warnings `WARN `. */
 export interface OutputLog {
   readonly path: string;
   /** Appends one line per line of `text` (a trailing newline does not add an empty line); secrets are scrubbed. */
@@ -20,7 +21,7 @@ export function openOutputLog(path: string, secrets: readonly string[]): OutputL
       fd ??= openSync(path, 'a');
       // Scrub before splitting so a secret cut by a line break or a \r is still caught whole.
       const lines = scrub(text, secrets).replace(/\r?\n$/, '').split(/\r?\n/);
-      const prefix = stream === 'stderr' ? 'ERROR ' : '';
+      const prefix = stream === 'stderr' ? 'ERROR ' : stream === 'warning' ? 'WARN ' : '';
       let out = '';
       for (const l of lines) {
         // A progress bar redraws with \r: keep only what the terminal would finally show.

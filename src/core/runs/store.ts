@@ -16,6 +16,7 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { stringify as toYaml } from 'yaml';
 import { redactConfig, scrub, scrubDeep, secretValues } from '../secrets.js';
+import type { CheckpointInfo } from '../plugins/types.js';
 import { runCheckpoints, type RunCheckpoints, type WarningSink } from './checkpoints.js';
 import { AmbiguousRunIdError, RunNotFoundError, RunRecordError, RunStoreError, RunUsageError } from './errors.js';
 import { isErrnoCode, sha256, writeFileAtomic, writeFileAtomicSync } from './fs-util.js';
@@ -221,6 +222,29 @@ export class RunStore {
       if (cps.length > 0) return r;
     }
     return undefined;
+  }
+
+  /**
+   * Where a new run with this fingerprint resumes: the newest crashed/stopped/failed run whose checkpoint chain
+   * holds a checkpoint that verifies (sha256), with that checkpoint. `unusable` lists the newer interrupted runs
+   * passed over because none of their checkpoints verify (each corrupt one is warned about).
+   */
+  async resumePoint(fingerprint: string, onWarning: WarningSink = this.onWarning): Promise<{ run?: RunRecord; checkpoint?: CheckpointInfo; unusable: RunRecord[] }> {
+    const unusable: RunRecord[] = [];
+    for (const r of await this.list()) {
+      if (r.fingerprint !== fingerprint || !(r.status === 'crashed' || r.status === 'stopped' || r.status === 'failed')) continue;
+      const cps = new RunHandle(this, r).checkpoints({ onWarning });
+      if ((await cps.list()).length === 0) continue;
+      const checkpoint = await cps.latest();
+      if (checkpoint) return { run: r, checkpoint, unusable };
+      unusable.push(r);
+    }
+    return { unusable };
+  }
+
+  /** A handle on an existing run record (no read). */
+  handle(record: RunRecord): RunHandle {
+    return new RunHandle(this, record);
   }
 
   /** @internal Reads run.json, rewriting a 'running' run whose owner process on this host is gone as 'crashed'. */
