@@ -14,7 +14,9 @@
  *                    and 0 for pixels far from that line.
  *   4. shape, position, size — the best soft IoU of that mask with the eight shapes rendered by the
  *                    generator itself (`shapeSvg`) in each of the 15 position × size boxes, each tried at
- *                    small integer shifts. The masks are rendered once per image side and cached.
+ *                    small integer shifts; or, if better, of the unthresholded share with the same masks
+ *                    blurred by a 3×3 binomial kernel (a VQGAN reconstruction's edges and faded star points).
+ *                    The masks are rendered once per image side and cached.
  * Confidences, each in [0, 1]: background — the share of the ring nearest to it; colour — 1 − the runner-up
  * colour's evidence / the best's; shape, position, size — a softmax (temperature 0.03 IoU) over the best fit
  * of each value, scaled down when the best fit is below 0.6 (to 0 at 0.3: noise fits ~0.1). Below
@@ -96,6 +98,12 @@ const FIT_FULL = 0.6;
 /** Softmax temperature (in IoU units) turning per-value fits into shape/position/size confidences. */
 const FIT_TEMPERATURE = 0.03;
 
+/** A template whose fit cannot come within this of the best fit found is not matched (softmax weight < e^-8). */
+const PRUNE_MARGIN = 0.25;
+
+/** Blend shares below this are left out of the unthresholded mask matched against the blurred references. */
+const SOFT_FLOOR = 0.1;
+
 /** Image as float RGB in [0, 255]. */
 function toRgb255(pixels: Uint8Array | Float32Array, px: number): Float32Array {
   const n = px * px * 3;
@@ -122,6 +130,10 @@ interface Template {
   /** Coordinates of the template's pixels in its canonical box. */
   xs: Int16Array;
   ys: Int16Array;
+  /** The same mask blurred by a 3×3 binomial kernel: coordinates and weights (a reconstruction's soft edges). */
+  bxs: Int16Array;
+  bys: Int16Array;
+  bws: Float32Array;
 }
 
 interface References {
@@ -132,6 +144,19 @@ interface References {
 }
 
 const referenceCache = new Map<number, Promise<References>>();
+
+/** [1, 2, 1] / 4 along rows (step 1) or columns (step px) of a px × px map; zero outside. */
+function blur121(a: Float32Array, px: number, step: 1 | number): Float32Array {
+  const out = new Float32Array(a.length);
+  for (let y = 0; y < px; y++) {
+    for (let x = 0; x < px; x++) {
+      const i = y * px + x;
+      const c = step === 1 ? x : y;
+      out[i] = 0.5 * (a[i] as number) + (c > 0 ? 0.25 * (a[i - step] as number) : 0) + (c < px - 1 ? 0.25 * (a[i + step] as number) : 0);
+    }
+  }
+  return out;
+}
 
 async function renderReferences(px: number): Promise<References> {
   const jobs: Array<Promise<Template>> = [];
@@ -148,8 +173,14 @@ async function renderReferences(px: number): Promise<References> {
             .then((raw) => {
               const xs: number[] = [];
               const ys: number[] = [];
-              for (let y = 0; y < px; y++) for (let x = 0; x < px; x++) if ((raw[(y * px + x) * 3] as number) > 128) (xs.push(x), ys.push(y));
-              return { shape, position, size, xs: Int16Array.from(xs), ys: Int16Array.from(ys) };
+              const on = new Float32Array(px * px);
+              for (let y = 0; y < px; y++) for (let x = 0; x < px; x++) if ((raw[(y * px + x) * 3] as number) > 128) (xs.push(x), ys.push(y), (on[y * px + x] = 1));
+              const b = blur121(blur121(on, px, 1), px, px);
+              const bxs: number[] = [];
+              const bys: number[] = [];
+              const bws: number[] = [];
+              for (let y = 0; y < px; y++) for (let x = 0; x < px; x++) if ((b[y * px + x] as number) > 0) (bxs.push(x), bys.push(y), bws.push(b[y * px + x] as number));
+              return { shape, position, size, xs: Int16Array.from(xs), ys: Int16Array.from(ys), bxs: Int16Array.from(bxs), bys: Int16Array.from(bys), bws: Float32Array.from(bws) };
             }),
         );
       }
@@ -191,6 +222,41 @@ function pickBySoftmax<T extends string>(best: Map<T, number>): { value: T | nul
   return { value: top, p: 1 / z, fit: topFit };
 }
 
+/** `[x0, y0, x1, y1)`, may reach outside the image (clamped when read). */
+type Rect = [number, number, number, number];
+
+interface TemplateBound {
+  box: Rect;
+  blurBox: Rect;
+  areaMin: number;
+  weightMin: number;
+}
+
+/** Summed-area table of a px × px map: (px + 1)², S[y][x] = sum over [0, x) × [0, y). */
+function summedArea(a: Float32Array, px: number): Float64Array {
+  const w = px + 1;
+  const S = new Float64Array(w * w);
+  for (let y = 0; y < px; y++) {
+    let row = 0;
+    for (let x = 0; x < px; x++) {
+      row += a[y * px + x] as number;
+      S[(y + 1) * w + x + 1] = (S[y * w + x + 1] as number) + row;
+    }
+  }
+  return S;
+}
+
+/** Sum of the map over a rectangle, clamped to the image. */
+function rectMass(S: Float64Array, px: number, r: Rect): number {
+  const w = px + 1;
+  const x0 = Math.max(0, r[0]);
+  const y0 = Math.max(0, r[1]);
+  const x1 = Math.min(px, r[2]);
+  const y1 = Math.min(px, r[3]);
+  if (x1 <= x0 || y1 <= y0) return 0;
+  return (S[y1 * w + x1] as number) - (S[y0 * w + x1] as number) - (S[y1 * w + x0] as number) + (S[y0 * w + x0] as number);
+}
+
 function isBorder(x: number, y: number, px: number, ring: number): boolean {
   return x < ring || y < ring || x >= px - ring || y >= px - ring;
 }
@@ -199,6 +265,8 @@ function isBorder(x: number, y: number, px: number, ring: number): boolean {
 export class ShapesJudge {
   private readonly ring: number;
   private readonly maxShift: number;
+  /** Per template: the boxes its pixels can reach over the shifts, and its area (weight) that stays in frame under every shift. */
+  private readonly bounds: TemplateBound[];
 
   private constructor(
     private readonly refs: References,
@@ -208,6 +276,16 @@ export class ShapesJudge {
     // The generator's margin (MARGIN = 0.04 of the side in shapes.ts): shapeBox of a left shape starts there.
     this.ring = Math.max(1, shapeBox({ position: 'left', size: 'small' }, px)[0]);
     this.maxShift = options.maxShift ?? Math.max(1, Math.round(px / 32));
+    const s = this.maxShift;
+    const inFrame = (x: number, y: number): boolean => x - s >= 0 && y - s >= 0 && x + s < px && y + s < px;
+    this.bounds = refs.templates.map((t) => {
+      const box: Rect = [Math.min(...t.xs) - s, Math.min(...t.ys) - s, Math.max(...t.xs) + 1 + s, Math.max(...t.ys) + 1 + s];
+      let areaMin = 0;
+      for (let k = 0; k < t.xs.length; k++) if (inFrame(t.xs[k] as number, t.ys[k] as number)) areaMin++;
+      let weightMin = 0;
+      for (let k = 0; k < t.bxs.length; k++) if (inFrame(t.bxs[k] as number, t.bys[k] as number)) weightMin += t.bws[k] as number;
+      return { box, blurBox: [box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1], areaMin, weightMin };
+    });
   }
 
   static async create(px: number, options: Partial<ShapesJudgeOptions> = {}): Promise<ShapesJudge> {
@@ -220,6 +298,45 @@ export class ShapesJudge {
 
   get size(): number {
     return this.refs.px;
+  }
+
+  /**
+   * Best fit of one reference over the shifts: the soft IoU of the mask with it, or of the unthresholded
+   * share with it blurred (a reconstruction's thin, faded parts, such as a star's points, still count).
+   */
+  private fitTemplate(t: Template, mask: Float32Array, total: number, soft: Float32Array, softTotal: number): number {
+    const px = this.refs.px;
+    const s = this.maxShift;
+    let best = 0;
+    for (let dy = -s; dy <= s; dy++) {
+      for (let dx = -s; dx <= s; dx++) {
+        let inter = 0;
+        let area = 0;
+        for (let k = 0; k < t.xs.length; k++) {
+          const x = (t.xs[k] as number) + dx;
+          const y = (t.ys[k] as number) + dy;
+          if (x < 0 || y < 0 || x >= px || y >= px) continue;
+          inter += mask[y * px + x] as number;
+          area++;
+        }
+        const iou = inter / (area + total - inter);
+        if (iou > best) best = iou;
+        let bi = 0;
+        let bw = 0;
+        for (let k = 0; k < t.bxs.length; k++) {
+          const x = (t.bxs[k] as number) + dx;
+          const y = (t.bys[k] as number) + dy;
+          if (x < 0 || y < 0 || x >= px || y >= px) continue;
+          const w = t.bws[k] as number;
+          const v = soft[y * px + x] as number;
+          bi += v < w ? v : w;
+          bw += w;
+        }
+        const biou = bi / (bw + softTotal - bi);
+        if (biou > best) best = biou;
+      }
+    }
+    return best;
   }
 
   /** `pixels`: H·W·3 RGB, bytes or floats in [-1, 1], H = W = this.size. */
@@ -264,7 +381,7 @@ export class ShapesJudge {
     // evidence of a pixel fades fast with its distance from the blend line (a pixel that is exactly one
     // palette colour must not count much for another whose blends pass near it: orange lies near the
     // red→yellow line); the mask is lenient up to BLEND_RADIUS, so soft reconstructed edges stay whole.
-    const blend = (c: Rgb, out: Float32Array | null): number => {
+    const blend = (c: Rgb, out: Float32Array | null, soft: Float32Array | null = null): number => {
       const d0 = c[0] - bg[0];
       const d1 = c[1] - bg[1];
       const d2 = c[2] - bg[2];
@@ -278,13 +395,15 @@ export class ShapesJudge {
         t = t < 0 ? 0 : t > 1 ? 1 : t;
         let m = (t - MASK_LOW) / (MASK_HIGH - MASK_LOW);
         m = m < 0 ? 0 : m > 1 ? 1 : m;
+        const r = Math.hypot(e0 - t * d0, e1 - t * d1, e2 - t * d2) / BLEND_RADIUS;
+        const gate = r <= 1 ? 1 : r >= 2 ? 0 : 2 - r;
+        if (soft) soft[i] = t < SOFT_FLOOR ? 0 : t * gate;
         if (m === 0) {
           if (out) out[i] = 0;
           continue;
         }
-        const r = Math.hypot(e0 - t * d0, e1 - t * d1, e2 - t * d2) / BLEND_RADIUS;
         evidence += m * Math.exp(-4 * r * r);
-        if (out) out[i] = m * (r <= 1 ? 1 : r >= 2 ? 0 : 2 - r);
+        if (out) out[i] = m * gate;
       }
       return evidence;
     };
@@ -298,7 +417,9 @@ export class ShapesJudge {
       else if (e > e2) e2 = e;
     }
     const mask = new Float32Array(n);
-    const total = fgName === null ? 0 : (blend(COLOURS[fgName], mask), mask.reduce((a, b) => a + b, 0));
+    const soft = new Float32Array(n);
+    const total = fgName === null ? 0 : (blend(COLOURS[fgName], mask, soft), mask.reduce((a, b) => a + b, 0));
+    const softTotal = soft.reduce((a, b) => a + b, 0);
     // Too little foreground to be a shape: a blank image has none.
     if (fgName === null || total < 0.5 * this.refs.minArea) {
       const none = <T extends string>(): JudgedAttribute<T> => attr<T>(null, 0, min);
@@ -310,24 +431,23 @@ export class ShapesJudge {
     const bestShape = new Map<ShapeName, number>();
     const bestPos = new Map<PositionName, number>();
     const bestSize = new Map<SizeName, number>();
-    const s = this.maxShift;
-    for (const t of this.refs.templates) {
-      let best = 0;
-      for (let dy = -s; dy <= s; dy++) {
-        for (let dx = -s; dx <= s; dx++) {
-          let inter = 0;
-          let area = 0;
-          for (let k = 0; k < t.xs.length; k++) {
-            const x = (t.xs[k] as number) + dx;
-            const y = (t.ys[k] as number) + dy;
-            if (x < 0 || y < 0 || x >= px || y >= px) continue;
-            inter += mask[y * px + x] as number;
-            area++;
-          }
-          const iou = inter / (area + total - inter);
-          if (iou > best) best = iou;
-        }
-      }
+    // Templates in order of an upper bound on their fit; those that cannot come within PRUNE_MARGIN of
+    // the best found are skipped (their softmax weight would be below e^-8).
+    const massMask = summedArea(mask, px);
+    const massSoft = summedArea(soft, px);
+    const order = this.bounds
+      .map((b, i) => {
+        const m = rectMass(massMask, px, b.box);
+        const ms = rectMass(massSoft, px, b.blurBox);
+        return { i, ub: Math.max(m / (b.areaMin + total - m), ms / (b.weightMin + softTotal - ms)) };
+      })
+      .sort((a, b) => b.ub - a.ub);
+    let top = 0;
+    for (const { i, ub } of order) {
+      if (ub < top - PRUNE_MARGIN) break;
+      const t = this.refs.templates[i] as Template;
+      const best = this.fitTemplate(t, mask, total, soft, softTotal);
+      if (best > top) top = best;
       if (best > (bestShape.get(t.shape) ?? -1)) bestShape.set(t.shape, best);
       if (best > (bestPos.get(t.position) ?? -1)) bestPos.set(t.position, best);
       if (best > (bestSize.get(t.size) ?? -1)) bestSize.set(t.size, best);
