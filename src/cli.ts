@@ -149,6 +149,43 @@ export function buildCli(argv: string[]) {
       },
     )
     .command(
+      'generate [prompt..]',
+      'generate images for prompts with a trained text → image model: PNGs, a labelled grid and generations.json',
+      (y) =>
+        y
+          .positional('prompt', { type: 'string', array: true, default: [] as string[], describe: 'prompts, e.g. "a red circle on the left"' })
+          .option('model', { type: 'string', demandOption: true, describe: 'seq2seq-train run id (a unique prefix is enough) or model folder' })
+          .option('prompts', { type: 'string', describe: 'a file of prompts, one per line (# comments)' })
+          .option('n', { type: 'number', default: 8, describe: 'images per prompt' })
+          .option('seed', { type: 'number', default: 1, describe: 'sampling seed (same seed, same images)' })
+          .option('top-k', { type: 'number', default: 0, describe: 'sample from the k most likely codes (0 = all)' })
+          .option('top-p', { type: 'number', default: 1, describe: 'nucleus sampling: the smallest set of codes reaching p' })
+          .option('temperature', { type: 'number', default: 1, describe: 'softmax temperature' })
+          .option('cond-scale', { type: 'number', default: 10, describe: 'super-conditioning scale (1 = off; 10 as dalle-mini)' })
+          .option('out', { type: 'string', default: 'generations', describe: 'output folder' }),
+      async (args) => {
+        const { project } = await context();
+        const { generateCommand } = await import('./commands/generate.js');
+        const { ProgressBoard } = await import('./core/progress.js');
+        const board = new ProgressBoard(process.stdout);
+        await generateCommand({
+          prompts: args.prompt.map(String),
+          ...(args.prompts ? { promptsFile: args.prompts } : {}),
+          model: args.model,
+          runsDir: project.runsDir,
+          samples: args.n,
+          seed: args.seed,
+          topK: args.topK,
+          topP: args.topP,
+          temperature: args.temperature,
+          condScale: args.condScale,
+          out: args.out,
+          progress: { start: (total, unit) => board.start('generate', total, unit), tick: (n) => board.tick('generate', n), end: () => board.end('generate') },
+          log: (line) => board.line(line),
+        });
+      },
+    )
+    .command(
       'worker',
       false, // internal: started by executors, reads its stage spec from stdin
       (y) => y,
