@@ -158,10 +158,10 @@ export function buildCli(argv: string[]) {
           .option('prompts', { type: 'string', describe: 'a file of prompts, one per line (# comments)' })
           .option('n', { type: 'number', default: 8, describe: 'images per prompt' })
           .option('seed', { type: 'number', default: 1, describe: 'sampling seed (same seed, same images)' })
-          .option('top-k', { type: 'number', default: 0, describe: 'sample from the k most likely codes (0 = all)' })
-          .option('top-p', { type: 'number', default: 1, describe: 'nucleus sampling: the smallest set of codes reaching p' })
-          .option('temperature', { type: 'number', default: 1, describe: 'softmax temperature' })
-          .option('cond-scale', { type: 'number', default: 10, describe: 'super-conditioning scale (1 = off; 10 as dalle-mini)' })
+          .option('top-k', { type: 'number', describe: "sample from the k most likely codes (0 = all; default: the model's generation_config.json, else 0)" })
+          .option('top-p', { type: 'number', describe: "nucleus sampling: the smallest set of codes reaching p (default: the model's, else 1)" })
+          .option('temperature', { type: 'number', describe: "softmax temperature (default: the model's, else 1)" })
+          .option('cond-scale', { type: 'number', describe: "super-conditioning scale, 1 = off (default: the model's, else 10 as dalle-mini)" })
           .option('out', { type: 'string', default: 'generations', describe: 'output folder' }),
       async (args) => {
         const { project } = await context();
@@ -175,10 +175,10 @@ export function buildCli(argv: string[]) {
           runsDir: project.runsDir,
           samples: args.n,
           seed: args.seed,
-          topK: args.topK,
-          topP: args.topP,
-          temperature: args.temperature,
-          condScale: args.condScale,
+          ...(args.topK !== undefined ? { topK: args.topK } : {}),
+          ...(args.topP !== undefined ? { topP: args.topP } : {}),
+          ...(args.temperature !== undefined ? { temperature: args.temperature } : {}),
+          ...(args.condScale !== undefined ? { condScale: args.condScale } : {}),
           out: args.out,
           progress: { start: (total, unit) => board.start('generate', total, unit), tick: (n) => board.tick('generate', n), end: () => board.end('generate') },
           log: (line) => board.line(line),

@@ -22,7 +22,7 @@ import { formatWarmStartReport, warmStartEncoder } from '../../src/ml/models/war
 import { loadVqgan, type Vqgan } from '../../src/ml/models/vqgan.js';
 import { normsByName } from '../../src/ml/optim/index.js';
 import { Rng } from '../../src/ml/rng.js';
-import { generateImages, imageGrid, writeVqganReference } from '../../src/ml/text2image.js';
+import { generateImages, imageGrid, writeGenerationConfig, writeVqganReference } from '../../src/ml/text2image.js';
 import { loadTokenizer, saveTokenizer, type TextTokenizer } from '../../src/ml/tokenizers/index.js';
 import { resolveInput } from '../../src/ml/train/data.js';
 import { cadenceFields, checkSchedule, deriveSeed, findResume, optimizerFields, optimizerFrom, optimizerUpdate, runTraining, scheduleFields, scheduleFrom, TrainState } from '../../src/ml/train/index.js';
@@ -52,8 +52,9 @@ export const Seq2SeqTrainConfig = z
     log_norms: z.boolean().default(true).describe('log per-layer gradient and weight norms (grad_norm/…, param_norm/…) at log steps'),
     sample_prompts: z.array(z.string()).default([]).describe('prompts of the media grid; [] = the first held-out and training captions'),
     samples_per_prompt: posInt.default(4).describe('images per prompt in the media grid'),
-    cond_scale: z.number().min(0).default(3).describe('super-conditioning scale of evaluation sampling (1 = off)'),
+    cond_scale: z.number().min(0).default(3).describe('super-conditioning scale of evaluation sampling (1 = off); with top_k, top_p and temperature it goes into the model folder as the default of minidalle generate'),
     top_k: z.number().int().min(0).default(0).describe('top-k of evaluation sampling (0 = off)'),
+    top_p: z.number().positive().max(1).default(1).describe('top-p of evaluation sampling (1 = off)'),
     temperature: z.number().positive().default(1).describe('temperature of evaluation sampling'),
     judge: z.enum(['none', 'shapes']).default('none').describe("score generated images from pixels: 'shapes' judges shape, colour, position and size of the shapes dataset"),
     judge_count: posInt.default(64).describe('held-out prompts generated and judged at each eval (and as many training prompts at the end)'),
@@ -170,7 +171,7 @@ export default definePlugin({
     );
 
     const t2i = { model, tokenizer: tok, vqgan };
-    const sampling = { condScale: c.cond_scale, topK: c.top_k, temperature: c.temperature };
+    const sampling = { condScale: c.cond_scale, topK: c.top_k, topP: c.top_p, temperature: c.temperature };
     const micro = c.batch_size / c.grad_accumulation;
 
     /** eval/attr_acc/* and eval/all_correct over generated images of `rows`' captions (one sample each). */
@@ -256,6 +257,8 @@ export default definePlugin({
           await saveDalleBart(model, dir);
           saveTokenizer(tok, dir);
           await writeVqganReference(dir, vqganDir);
+          // `minidalle generate` samples as this run evaluated, unless told otherwise
+          await writeGenerationConfig(dir, { topK: c.top_k, topP: c.top_p, temperature: c.temperature, condScale: c.cond_scale });
           return { model: dir };
         },
         dispose() {

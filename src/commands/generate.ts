@@ -1,8 +1,8 @@
 /**
  * `minidalle generate "<prompt>"… --model <run-id | dir> [-n 8] [--seed 1] [--top-k K] [--top-p P]
- * [--temperature T] [--cond-scale 10] [--out dir] [--prompts file.txt]`: samples images for each prompt and
+ * [--temperature T] [--cond-scale S] [--out dir] [--prompts file.txt]`: samples images for each prompt and
  * writes them as PNGs, one grid PNG with the prompts as labels, and generations.json (prompt, seed,
- * sampling settings, codes, file names).
+ * sampling settings, codes, file names). Unset sampling flags take the model folder's generation_config.json.
  */
 import { existsSync, statSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -23,10 +23,11 @@ export interface GenerateArgs {
   runsDir: string;
   samples: number;
   seed: number;
-  topK: number;
-  topP: number;
-  temperature: number;
-  condScale: number;
+  /** unset: the model folder's generation_config.json, else dalle-mini's defaults */
+  topK?: number;
+  topP?: number;
+  temperature?: number;
+  condScale?: number;
   out: string;
   /** progress lines (a TTY bar or quiet lines) */
   progress: { start(total: number, unit: string): void; tick(n?: number): void; end(): void };
@@ -74,11 +75,12 @@ export async function generateCommand(a: GenerateArgs): Promise<{ out: string; f
   const t0 = performance.now();
   const { describeCompute, initCompute } = await import('../ml/backend.js');
   const info = await initCompute();
-  const { generateImages, imageGrid, loadText2Image, rgbToPng } = await import('../ml/text2image.js');
+  const { generateImages, imageGrid, loadText2Image, readGenerationConfig, rgbToPng } = await import('../ml/text2image.js');
+  const defaults = await readGenerationConfig(dir);
   const t2i = await loadText2Image(dir);
-  const sampling: SamplingOptions = { topK: a.topK, topP: a.topP, temperature: a.temperature, condScale: a.condScale };
+  const sampling = { topK: a.topK ?? defaults.topK, topP: a.topP ?? defaults.topP, temperature: a.temperature ?? defaults.temperature, condScale: a.condScale ?? defaults.condScale } satisfies SamplingOptions;
   const side = t2i.vqgan.config.resolution;
-  a.log(`generate: ${prompts.length} prompt(s) × ${a.samples} from ${dir} (${t2i.model.params.count()} parameters, ${t2i.model.config.image_length} codes), compute ${describeCompute(info)}`);
+  a.log(`generate: ${prompts.length} prompt(s) × ${a.samples} from ${dir} (${t2i.model.params.count()} parameters, ${t2i.model.config.image_length} codes), cond scale ${sampling.condScale}, top-k ${sampling.topK || 'off'}, top-p ${sampling.topP}, temperature ${sampling.temperature}; compute ${describeCompute(info)}`);
   try {
     const total = prompts.length * a.samples * t2i.model.config.image_length;
     a.progress.start(total, 'code');
@@ -108,7 +110,7 @@ export async function generateCommand(a: GenerateArgs): Promise<{ out: string; f
     const seconds = (performance.now() - t0) / 1000;
     await writeFile(
       join(a.out, 'generations.json'),
-      `${JSON.stringify({ model: dir, seed: a.seed, samples_per_prompt: a.samples, sampling: { top_k: a.topK, top_p: a.topP, temperature: a.temperature, cond_scale: a.condScale }, seconds, images: records }, null, 1)}\n`,
+      `${JSON.stringify({ model: dir, seed: a.seed, samples_per_prompt: a.samples, sampling: { top_k: sampling.topK, top_p: sampling.topP, temperature: sampling.temperature, cond_scale: sampling.condScale }, seconds, images: records }, null, 1)}\n`,
     );
     files.push('generations.json');
     a.log(`generate: ${images.length} image(s), grid and generations.json in ${a.out} (${seconds.toFixed(1)} s)`);

@@ -75,6 +75,38 @@ export async function resolveVqgan(modelDir: string): Promise<string> {
   return dir;
 }
 
+export const GENERATION_CONFIG_FILE = 'generation_config.json';
+
+/** dalle-mini's sampling defaults, for a model folder that names none of its own. */
+export const DEFAULT_SAMPLING: Required<Pick<SamplingOptions, 'topK' | 'topP' | 'temperature' | 'condScale'>> = { topK: 0, topP: 1, temperature: 1, condScale: 10 };
+
+/**
+ * The sampling settings a model folder recommends (HF's generation_config.json keys: top_k, top_p,
+ * temperature, and dalle-mini's condition_scale), written by the trainer from what it evaluated with.
+ */
+export async function readGenerationConfig(dir: string): Promise<typeof DEFAULT_SAMPLING> {
+  const file = join(dir, GENERATION_CONFIG_FILE);
+  if (!existsSync(file)) return { ...DEFAULT_SAMPLING };
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>;
+  } catch (err) {
+    throw new ModelFolderError(`${file}: not JSON (${(err as Error).message})`);
+  }
+  const num = (k: string, fallback: number): number => {
+    const v = raw[k];
+    if (v === undefined || v === null) return fallback;
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw new ModelFolderError(`${file}: field '${k}' must be a number, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  return { topK: num('top_k', DEFAULT_SAMPLING.topK), topP: num('top_p', DEFAULT_SAMPLING.topP), temperature: num('temperature', DEFAULT_SAMPLING.temperature), condScale: num('condition_scale', DEFAULT_SAMPLING.condScale) };
+}
+
+export async function writeGenerationConfig(dir: string, s: typeof DEFAULT_SAMPLING): Promise<void> {
+  const json = { do_sample: true, top_k: s.topK, top_p: s.topP, temperature: s.temperature, condition_scale: s.condScale };
+  await writeFile(join(dir, GENERATION_CONFIG_FILE), `${JSON.stringify(json, null, 2)}\n`);
+}
+
 /** A loaded text → image model. */
 export interface Text2Image {
   model: DalleBart;

@@ -174,7 +174,11 @@ describe('text-side trainers', () => {
     expect(r.code).toBe(0);
     expect(readdirSync(out).sort()).toEqual(['generations.json', 'grid.png', 'p00-s00.png', 'p00-s01.png', 'p01-s00.png', 'p01-s01.png']);
     const gen = JSON.parse(readFileSync(join(out, 'generations.json'), 'utf8')) as { sampling: { cond_scale: number }; images: { prompt: string; codes: number[]; file: string }[] };
-    expect(gen.sampling.cond_scale).toBe(2);
+    expect(gen.sampling.cond_scale).toBe(2); // the flag wins over the model folder's generation_config.json
+    expect(JSON.parse(readFileSync(join(resA.artifacts!.model!, 'generation_config.json'), 'utf8'))).toMatchObject({ condition_scale: 3, top_k: 0, temperature: 1 });
+    const byDefault = cli(root, ['generate', 'a red circle', '--model', resA.artifacts!.model!, '-n', '1', '--out', join(root, 'gen-default')]);
+    expect(byDefault.code).toBe(0);
+    expect(JSON.parse(readFileSync(join(root, 'gen-default', 'generations.json'), 'utf8')).sampling).toEqual({ top_k: 0, top_p: 1, temperature: 1, cond_scale: 3 });
     expect(gen.images.map((i) => i.prompt)).toEqual(['a red circle', 'a red circle', 'a blue square at the top', 'a blue square at the top']);
     const lib = await loadText2Image(resA.artifacts!.model!);
     const again = generateImages(lib, ['a red circle'], { samples: 2, seed: 3, sampling: { condScale: 2 } });
