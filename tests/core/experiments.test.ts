@@ -33,4 +33,21 @@ describe('shipped experiments', () => {
     const vqgan = runRecords(dir).find((x) => x.stage === 'vqgan')!;
     expect((vqgan.meta as { backend?: { backend: string } }).backend?.backend).toBe('wasm');
   }, 120_000);
+
+  it('text2image-shapes runs end to end at a tiny size, and minidalle generate draws from its seq2seq run', () => {
+    const dir = project();
+    const r = cli(dir, [
+      'run', join(ROOT, 'experiments/text2image-shapes.yaml'),
+      'stages.data.with.count=64', 'stages.data.with.heldout_count=16', 'stages.vqgan.with.steps=4', 'stages.vqgan.with.lr_warmup_steps=1', 'stages.vqgan.with.eval_count=16',
+      'stages.bart.with.steps=3', 'stages.bart.with.lr_warmup_steps=1', 'stages.bart.with.batch_size=8',
+      'stages.seq2seq.with.steps=3', 'stages.seq2seq.with.lr_warmup_steps=1', 'stages.seq2seq.with.batch_size=8', 'stages.seq2seq.with.judge_count=4', 'stages.seq2seq.with.eval_count=8',
+    ]);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/data=finished vqgan=finished encode=finished tokenizer=finished bart=finished seq2seq=finished/);
+    const seq2seq = runRecords(dir).find((x) => x.stage === 'seq2seq')!;
+    expect(seq2seq.status).toBe('finished');
+    const g = cli(dir, ['generate', 'a red circle on the left', '--model', (seq2seq.id as string).slice(0, 8), '-n', '2', '--out', 'images']);
+    expect(g.code, g.stdout + g.stderr).toBe(0);
+    expect(readdirSync(join(dir, 'images')).sort()).toEqual(['generations.json', 'grid.png', 'p00-s00.png', 'p00-s01.png']);
+  }, 180_000);
 });
