@@ -14,7 +14,7 @@ import { normsByName } from '../../src/ml/optim/index.js';
 import { Rng } from '../../src/ml/rng.js';
 import { loadTokenizer, saveTokenizer, type TextTokenizer } from '../../src/ml/tokenizers/index.js';
 import { loadCaptions, resolveInput } from '../../src/ml/train/data.js';
-import { cadenceFields, checkSchedule, deriveSeed, findResume, optimizerFields, optimizerFrom, optimizerUpdate, runTraining, scheduleFields, scheduleFrom, ShuffledOrder, TrainState } from '../../src/ml/train/index.js';
+import { cadenceFields, checkAccumulation, checkSchedule, deriveSeed, findResume, optimizerFields, optimizerFrom, optimizerUpdate, runTraining, scheduleFields, scheduleFrom, ShuffledOrder, TrainState } from '../../src/ml/train/index.js';
 import { dalleBartConfigOf, groupNorms, TransformerFields } from '../../src/ml/train/transformer-fields.js';
 
 const posInt = z.number().int().min(1);
@@ -39,9 +39,7 @@ export const BartPretrainConfig = z
   })
   .strict()
   .superRefine(checkSchedule)
-  .superRefine((c, ctx) => {
-    if (c.batch_size % c.grad_accumulation !== 0) ctx.addIssue({ code: 'custom', path: ['grad_accumulation'], message: `must divide batch_size (${c.batch_size}), is ${c.grad_accumulation}` });
-  });
+  .superRefine(checkAccumulation);
 
 export type BartPretrainConfig = z.output<typeof BartPretrainConfig>;
 
@@ -181,7 +179,7 @@ export default definePlugin({
               const b = batch(texts.slice(i * micro, (i + 1) * micro), noiseRng);
               return model.loss(b.ids, b.mask, b.targets, { training: true, rng: dropoutRng });
             },
-            { microBatches: c.grad_accumulation, clip: c.grad_clip, ...(log && c.log_norms ? { onGrads: (g) => (norms = groupNorms(normsByName(g))) } : {}) },
+            { microBatches: c.grad_accumulation, clip: c.grad_clip, ...(log && c.log_norms ? { onGrads: (g) => (norms = groupNorms('grad_norm', normsByName(g))) } : {}) },
           );
           state.samples += texts.length;
           state.epoch = order.currentEpoch;
@@ -191,7 +189,7 @@ export default definePlugin({
             'train/grad_norm': r.gradNorm,
             'train/lr': lrAt(state.step),
             'train/epoch': state.epoch,
-            ...Object.fromEntries(Object.entries(norms).map(([k, v]) => [`grad_norm/${k}`, v])),
+            ...norms,
           };
         },
         evaluate() {

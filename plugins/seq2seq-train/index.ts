@@ -25,7 +25,7 @@ import { Rng } from '../../src/ml/rng.js';
 import { generateImages, imageGrid, writeGenerationConfig, writeVqganReference } from '../../src/ml/text2image.js';
 import { loadTokenizer, saveTokenizer, type TextTokenizer } from '../../src/ml/tokenizers/index.js';
 import { resolveInput } from '../../src/ml/train/data.js';
-import { cadenceFields, checkSchedule, deriveSeed, findResume, optimizerFields, optimizerFrom, optimizerUpdate, runTraining, scheduleFields, scheduleFrom, TrainState } from '../../src/ml/train/index.js';
+import { cadenceFields, checkAccumulation, checkSchedule, deriveSeed, findResume, optimizerFields, optimizerFrom, optimizerUpdate, runTraining, scheduleFields, scheduleFrom, TrainState } from '../../src/ml/train/index.js';
 import { dalleBartConfigOf, groupNorms, TransformerFields } from '../../src/ml/train/transformer-fields.js';
 
 const posInt = z.number().int().min(1);
@@ -61,11 +61,7 @@ export const Seq2SeqTrainConfig = z
   })
   .strict()
   .superRefine(checkSchedule)
-  .superRefine((c, ctx) => {
-    if (c.batch_size % c.grad_accumulation !== 0) {
-      ctx.addIssue({ code: 'custom', path: ['grad_accumulation'], message: `must divide batch_size (${c.batch_size}), is ${c.grad_accumulation}` });
-    }
-  });
+  .superRefine(checkAccumulation);
 
 export type Seq2SeqTrainConfig = z.output<typeof Seq2SeqTrainConfig>;
 
@@ -213,7 +209,7 @@ export default definePlugin({
               microBatches: c.grad_accumulation,
               clip: c.grad_clip,
               ...(frozen ? { frozen } : {}),
-              ...(log && c.log_norms ? { onGrads: (g) => (norms = prefixed('grad_norm', groupNorms(normsByName(g)))) } : {}),
+              ...(log && c.log_norms ? { onGrads: (g) => (norms = groupNorms('grad_norm', normsByName(g))) } : {}),
             },
           );
           state.samples += rows.length;
@@ -225,7 +221,7 @@ export default definePlugin({
             'train/lr': lrAt(state.step),
             'train/epoch': state.epoch,
             ...norms,
-            ...(c.log_norms ? prefixed('param_norm', groupNorms(normsByName(model.params.entries()))) : {}),
+            ...(c.log_norms ? groupNorms('param_norm', normsByName(model.params.entries())) : {}),
           };
         },
         async evaluate() {
@@ -269,7 +265,3 @@ export default definePlugin({
     );
   },
 });
-
-function prefixed(prefix: string, values: Record<string, number>): Record<string, number> {
-  return Object.fromEntries(Object.entries(values).map(([k, v]) => [`${prefix}/${k}`, v]));
-}

@@ -78,6 +78,13 @@ export function checkSchedule(c: Pick<ScheduleValues, 'lr_warmup_steps' | 'lr_de
   }
 }
 
+/** zod superRefine: the batch splits into `grad_accumulation` equal micro-batches. */
+export function checkAccumulation(c: { batch_size: number; grad_accumulation: number }, ctx: z.RefinementCtx): void {
+  if (c.batch_size % c.grad_accumulation !== 0) {
+    ctx.addIssue({ code: 'custom', path: ['grad_accumulation'], message: `must divide batch_size (${c.batch_size}), is ${c.grad_accumulation}` });
+  }
+}
+
 /** step (updates already applied) → learning rate, from the schedule fields. */
 export function scheduleFrom(c: ScheduleValues, totalSteps: number): (step: number) => number {
   return makeSchedule({

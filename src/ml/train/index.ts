@@ -1,4 +1,4 @@
-export { cadenceFields, checkSchedule, optimizerFields, optimizerFrom, scheduleFields, scheduleFrom } from './config.js';
+export { cadenceFields, checkAccumulation, checkSchedule, optimizerFields, optimizerFrom, scheduleFields, scheduleFrom } from './config.js';
 export type { OptimizerDefaults, ScheduleDefaults } from './config.js';
 export { findResume, runTraining, scalarValue } from './loop.js';
 export type { Cadence, Trainer } from './loop.js';

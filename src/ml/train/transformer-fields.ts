@@ -69,11 +69,11 @@ export function layerGroup(name: string): string {
   return parts.slice(0, Math.min(2, parts.length - 1) || 1).join('.');
 }
 
-/** √Σ of squared per-tensor norms, by layer group. */
-export function groupNorms(norms: Map<string, number>): Record<string, number> {
+/** √Σ of squared per-tensor norms, by layer group, as `<prefix>/<group>` (grad_norm/…, param_norm/…). */
+export function groupNorms(prefix: string, norms: Map<string, number>): Record<string, number> {
   const sq: Record<string, number> = {};
   for (const [name, n] of norms) {
-    const g = layerGroup(name);
+    const g = `${prefix}/${layerGroup(name)}`;
     sq[g] = (sq[g] ?? 0) + n * n;
   }
   return Object.fromEntries(Object.entries(sq).map(([g, v]) => [g, Math.sqrt(v)]));
