@@ -1,12 +1,16 @@
 /**
  * Where a training step of a reference workload spends its time, per kernel (tf.profile):
  *   node dist/bench/profile.js bart|vq|vqgan [steps] [key=value model overrides, e.g. ch=12 ch_mult=1,2,4 batch=8]
+ *   node dist/bench/profile.js generate [codes] [batch=1 condScale=1]   (greedy generateCodes, bench/generate.ts's model)
  * Prints kernels by total ms, with call counts; for finding what to optimise next, not a benchmark.
  */
 import { initCompute, tf } from '../src/ml/backend.js';
 import { AdamW } from '../src/ml/optim/index.js';
 import { reconstructionLoss } from '../src/ml/losses/vqgan-loss.js';
+import { DalleBart } from '../src/ml/models/dallebart.js';
 import { Vqgan } from '../src/ml/models/vqgan.js';
+import { generateCodes } from '../src/ml/sampling/index.js';
+import { benchDalleBartConfig } from './generate.js';
 import { Rng } from '../src/ml/rng.js';
 import { bart, trainStep, vqAutoencoder, type Workload } from './models.js';
 
@@ -31,6 +35,7 @@ async function main(): Promise<void> {
   const lists = new Set(['ch_mult', 'attn_resolutions']);
   const parse = (k: string, v: string): number | number[] | boolean => (v === 'true' || v === 'false' ? v === 'true' : v.includes(',') || lists.has(k) ? v.split(',').filter(Boolean).map(Number) : Number(v));
   const overrides = Object.fromEntries(process.argv.slice(4).map((kv) => { const [k = '', v = ''] = kv.split('='); return [k, parse(k, v)]; }));
+  if (which === 'generate') return profileGenerate(steps === 2 ? 64 : steps, overrides as Record<string, number>);
   const w = which === 'vq' ? vqAutoencoder() : which === 'vqgan' ? vqganShapes(overrides) : bart();
   const opt = new AdamW({ learningRate: 1e-4, weightDecay: 0 });
   const step = (): void => void trainStep(w, opt);
@@ -59,6 +64,37 @@ async function main(): Promise<void> {
   }
   opt.dispose();
   w.dispose();
+}
+
+/** Where one greedy `generateCodes` call spends its time (steps = codes generated). */
+async function profileGenerate(codes: number, o: Record<string, number>): Promise<void> {
+  const batch = o['batch'] ?? 1;
+  const condScale = o['condScale'] ?? 1;
+  const model = DalleBart.create(benchDalleBartConfig(codes), 0);
+  const L = model.config.max_text_length;
+  const text = { ids: new Int32Array(batch * L).fill(5), mask: new Int32Array(batch * L).fill(1), batch, length: L };
+  const uncond = { ids: new Int32Array(L).fill(1), mask: new Int32Array(L).fill(0).fill(1, 0, 2), batch: 1, length: L };
+  const req = { text, uncond, seeds: Array.from({ length: batch }, (_, i) => i), sampling: { greedy: true, condScale } };
+  generateCodes(model, req);
+  const t0 = performance.now();
+  generateCodes(model, req);
+  const plainMs = performance.now() - t0;
+  const t1 = performance.now();
+  const info = await tf.profile(() => void generateCodes(model, req));
+  const wall = performance.now() - t1;
+  const totals = new Map<string, { ms: number; calls: number }>();
+  for (const k of info.kernels) {
+    const t = totals.get(k.name) ?? { ms: 0, calls: 0 };
+    t.ms += Number(k.kernelTimeMs);
+    t.calls += 1;
+    totals.set(k.name, t);
+  }
+  const rows = [...totals.entries()].sort((a, b) => b[1].ms - a[1].ms);
+  const sum = rows.reduce((s, [, t]) => s + t.ms, 0);
+  const calls = rows.reduce((s, [, t]) => s + t.calls, 0);
+  process.stdout.write(`generate ${codes} codes, batch ${batch}, condScale ${condScale}: ${plainMs.toFixed(0)} ms (${(plainMs / codes).toFixed(2)} ms/code); profiled ${wall.toFixed(0)} ms wall, kernels ${sum.toFixed(0)} ms, ${calls} kernel calls (${(calls / codes).toFixed(0)}/code)\n`);
+  for (const [name, t] of rows.slice(0, 30)) process.stdout.write(`${name.padEnd(28)} ${(t.ms / codes).toFixed(3).padStart(8)} ms/code ${String(t.calls / codes).padStart(6)} calls/code\n`);
+  model.dispose();
 }
 
 main().catch((err: unknown) => {

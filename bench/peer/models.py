@@ -1,13 +1,25 @@
-"""PyTorch peer of bench/models.ts: the same VQ autoencoder and BART shapes, one Adam step each.
+"""PyTorch peer of bench/models.ts: the same VQ autoencoder and BART shapes, one Adam step each, the
+bench's matmuls, and (bench/peer/generate.py) KV-cached greedy sampling from a DalleBart of the bench's shape.
 
-Run by `npm run bench` through /usr/bin/python3 (Debian's python3-torch). Prints JSON on the last
-line: {"threads": N, "rows": [{"name": ..., "ms": ..., "gflops": ...}]}, names matching the TypeScript bench rows.
+Run by `npm run bench` through /usr/bin/python3 (Debian's python3-torch) as one long-lived process,
+`--serve`: it reads JSON requests from stdin, one a line, and answers each with one JSON line, so the
+bench alternates our repetitions with PyTorch's (ABAB…) and the machine's drift lands on both alike:
+  {"op": "prepare", "id": "bart", "threads": [1, 2]}  build the workload, warm it up, and keep the faster
+                                                      intra-op thread count → {"id", "threads", "ms": {...}}
+  {"op": "rep", "id": "bart", "n": 1}                 one timed repetition (the mean of a burst of n) → {"id", "ms"}
+  {"op": "drop", "id": "bart"}                        free it → {"id"}
+  {"op": "quit"}
+Errors answer {"error": "..."} and the process keeps serving. Workload ids: matmul:0 … matmul:5 (the
+cases of `MATMULS`), vq, bart, gen:<codes>:<batch>:<condScale> (generate.py), mini (mini.py).
+Without --serve it times everything once, as before: the last line is {"threads": N, "rows": [...]}.
 """
 import argparse
+import gc
 import json
 import math
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -96,50 +108,114 @@ def bart(batch=8, layers=4, d=256, heads=4, ffn=1024, text_len=64, image_len=256
     return "bart Adam step", model, lambda: model(text, image)
 
 
-def train(make, steps):
-    name, model, loss_fn = make()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss_fn().backward()
-        opt.step()
-        times.append((time.perf_counter() - t0) * 1000)
-    return {"name": name, "ms": statistics.median(times[1:])}
+class Train:
+    """One Adam step per repetition."""
+
+    def __init__(self, make):
+        self.name, self.model, self.loss_fn = make()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+
+    def rep(self):
+        self.opt.zero_grad(set_to_none=True)
+        self.loss_fn().backward()
+        self.opt.step()
 
 
-def matmuls():
-    cases = [
-        ("2-D 1024×1024 @ 1024×1024", (1024, 1024), (1024, 1024), False, False),
-        ("weight grad aᵀb 2048×256ᵀ @ 2048×1024", (2048, 256), (2048, 1024), True, False),
-        ("input grad abᵀ 2048×1024 @ 256×1024ᵀ", (2048, 1024), (256, 1024), False, True),
-        ("attention q·kᵀ 8×4×256×64 @ 8×4×256×64ᵀ", (8, 4, 256, 64), (8, 4, 256, 64), False, True),
-        ("attention p·v 8×4×256×256 @ 8×4×256×64", (8, 4, 256, 256), (8, 4, 256, 64), False, False),
-        ("shared weight 8×256×256 @ 256×1024", (8, 256, 256), (256, 1024), False, False),
-    ]
-    rows = []
-    for name, a_shape, b_shape, ta, tb in cases:
-        a, b = torch.rand(a_shape), torch.rand(b_shape)
-        f = lambda: (a.transpose(-2, -1) if ta else a) @ (b.transpose(-2, -1) if tb else b)
-        f()
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            out = f()
-            times.append((time.perf_counter() - t0) * 1000)
-        ms = statistics.median(times)
-        k = a_shape[-2] if ta else a_shape[-1]
-        rows.append({"name": name, "ms": ms, "gflops": 2 * out.numel() * k / ms / 1e6})
-    return rows
+MATMULS = [
+    ("2-D 1024×1024 @ 1024×1024", (1024, 1024), (1024, 1024), False, False),
+    ("weight grad aᵀb 2048×256ᵀ @ 2048×1024", (2048, 256), (2048, 1024), True, False),
+    ("input grad abᵀ 2048×1024 @ 256×1024ᵀ", (2048, 1024), (256, 1024), False, True),
+    ("attention q·kᵀ 8×4×256×64 @ 8×4×256×64ᵀ", (8, 4, 256, 64), (8, 4, 256, 64), False, True),
+    ("attention p·v 8×4×256×256 @ 8×4×256×64", (8, 4, 256, 256), (8, 4, 256, 64), False, False),
+    ("shared weight 8×256×256 @ 256×1024", (8, 256, 256), (256, 1024), False, False),
+]
+
+
+class Matmul:
+    def __init__(self, case):
+        self.name, a_shape, b_shape, self.ta, self.tb = case
+        self.a, self.b = torch.rand(a_shape), torch.rand(b_shape)
+
+    def rep(self):
+        return (self.a.transpose(-2, -1) if self.ta else self.a) @ (self.b.transpose(-2, -1) if self.tb else self.b)
+
+
+def make_workload(wid):
+    kind, _, rest = wid.partition(":")
+    if kind == "matmul":
+        return Matmul(MATMULS[int(rest)])
+    if kind == "vq":
+        return Train(vq_autoencoder)
+    if kind == "bart":
+        return Train(bart)
+    if kind == "gen":
+        from generate import Generate  # bench/peer/generate.py
+        codes, batch, scale = rest.split(":")
+        return Generate(int(codes), int(batch), float(scale))
+    if kind == "mini":
+        from mini import MiniStep  # bench/peer/mini.py
+        return MiniStep()
+    raise ValueError(f"unknown workload id {wid!r}")
+
+
+def timed(w):
+    t0 = time.perf_counter()
+    w.rep()
+    return (time.perf_counter() - t0) * 1000
+
+
+def serve():
+    workloads = {}  # id → (workload, threads)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            req = json.loads(line)
+            op, wid = req.get("op"), req.get("id")
+            if op == "quit":
+                break
+            if op == "prepare":
+                torch.manual_seed(0)
+                w = make_workload(wid)
+                timed(w)  # warm-up (allocator, BLAS buffers, first-call costs)
+                # Debian's torch has BLAS threads of its own besides the intra-op ones, which
+                # oversubscribe the cores on some workloads and not others: keep the faster count.
+                trial = {}
+                for n in req.get("threads", [os.cpu_count()]):
+                    torch.set_num_threads(n)
+                    trial[n] = min(timed(w) for _ in range(int(req.get("trials", 2))))
+                best = min(trial, key=trial.get)
+                workloads[wid] = (w, best)
+                out = {"id": wid, "threads": best, "ms": {str(k): v for k, v in trial.items()}}
+                if hasattr(w, "info"):
+                    out["info"] = w.info()
+            elif op == "rep":
+                w, n = workloads[wid]
+                torch.set_num_threads(n)
+                k = int(req.get("n", 1))  # a burst of k calls, their mean (for short workloads)
+                out = {"id": wid, "ms": sum(timed(w) for _ in range(k)) / k}
+            elif op == "drop":
+                workloads.pop(wid, None)
+                gc.collect()
+                out = {"id": wid}
+            else:
+                raise ValueError(f"unknown op {op!r}")
+        except Exception as e:  # answer and keep serving: the bench decides what a failure means
+            out = {"error": f"{type(e).__name__}: {e}"}
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
 
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--serve", action="store_true", help="answer JSON-line requests on stdin (the bench's ABAB mode)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--only", default="matmul,vq,bart")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads (default: every core, as our native kernels)")
     args = p.parse_args()
+    if args.serve:
+        serve()
+        return
     # Debian's torch starts with 1 intra-op thread here (its BLAS has its own pthreads); give it every core
     # for convs and elementwise ops too, so the comparison is against PyTorch at its best on this machine.
     torch.set_num_threads(args.threads)
@@ -147,11 +223,18 @@ def main():
     torch.manual_seed(0)
     rows = []
     if "matmul" in only:
-        rows += matmuls()
-    if "vq" in only:
-        rows.append(train(vq_autoencoder, args.steps))
-    if "bart" in only:
-        rows.append(train(bart, args.steps))
+        for i, case in enumerate(MATMULS):
+            w = Matmul(case)
+            timed(w)
+            ms = statistics.median(timed(w) for _ in range(5))
+            out = w.rep()
+            k = case[1][-2] if case[3] else case[1][-1]
+            rows.append({"name": w.name, "ms": ms, "gflops": 2 * out.numel() * k / ms / 1e6})
+    for kind, make in (("vq", vq_autoencoder), ("bart", bart)):
+        if kind in only:
+            w = Train(make)
+            times = [timed(w) for _ in range(args.steps)]
+            rows.append({"name": w.name, "ms": statistics.median(times[1:])})
     print(json.dumps({"threads": torch.get_num_threads(), "rows": rows}))
 
 
