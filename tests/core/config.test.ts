@@ -70,6 +70,13 @@ describe('loadExperiment', () => {
     expect(loaded.files.map((f) => f.replace(/^.*\//, ''))).toEqual(['top.yaml', 'mid.yaml', 'base.yaml']);
   });
 
+  it('a YAML alias is a copy: overriding one stage does not change the stage whose anchor it shares', () => {
+    const d = dir({ 'e.yaml': 'name: e\nstages:\n  a: { plugin: shapes-data, with: &w { count: 10, size: 16 } }\n  b: { plugin: shapes-data, with: *w }\n' });
+    const loaded = loadExperiment(join(d, 'e.yaml'), { registry: registry(), overrides: ['stages.b.with.size=8'] });
+    expect(loaded.experiment.stages.a!.with).toEqual({ count: 10, size: 16 });
+    expect(loaded.experiment.stages.b!.with).toEqual({ count: 10, size: 8 });
+  });
+
   it('resolves ${env:…} with types and defaults', () => {
     const d = dir({ 'e.yaml': 'name: e\nstages:\n  data: { plugin: shapes-data, with: { count: "${env:N}", size: "${env:MISSING:-24}" } }\n' });
     const loaded = loadExperiment(join(d, 'e.yaml'), { registry: registry(), env: { N: '7' } });

@@ -82,7 +82,10 @@ export class YamlSource {
   /** Plain JS value of the document (`{}` for an empty file); an alias bomb is an error at its first alias. */
   value(): Record<string, unknown> {
     try {
-      return (this.doc.toJS({ maxAliasCount: MAX_ALIASES }) ?? {}) as Record<string, unknown>;
+      // yaml gives an alias the same object as its anchor; each use must be its own copy, or an override of
+      // one stage (`stages.b.with.model.d_model=…`) would silently change every stage sharing the anchor.
+      // The core schema holds only JSON values, and MAX_ALIASES bounds the expansion.
+      return JSON.parse(JSON.stringify(this.doc.toJS({ maxAliasCount: MAX_ALIASES }) ?? {})) as Record<string, unknown>;
     } catch (err) {
       let at: number | undefined;
       visit(this.doc, {
