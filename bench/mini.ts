@@ -6,10 +6,11 @@
  * and the figures at that point, instead of a time. The peer (bench/peer/mini.py) runs the same model
  * and optimizer in PyTorch, alternating with ours when both fit.
  */
+import { availableParallelism } from 'node:os';
 import { tf } from '../src/ml/backend.js';
-import { DALLEBART_DEFAULTS, DalleBart } from '../src/ml/models/dallebart.js';
-import { Adafactor, disposeGrads, type Grads, valueAndGrads } from '../src/ml/optim/index.js';
-import { interleave } from './peer.js';
+import { DALLEBART_DEFAULTS, DalleBart, dalleBartParamSpecs } from '../src/ml/models/dallebart.js';
+import { Adafactor, disposeGrads, factoredDims, type Grads, valueAndGrads } from '../src/ml/optim/index.js';
+import { interleave, spread } from './peer.js';
 import type { Ctx, Row } from './run.js';
 
 const GiB = 2 ** 30;
@@ -26,6 +27,17 @@ const rssGiB = (): number => gib(process.resourceUsage().maxRSS * 1024);
 export async function benchMini(backend: string, ctx: Ctx): Promise<Row[]> {
   const c = DALLEBART_DEFAULTS;
   const extra: Record<string, number | string | boolean> = { config: 'DALLEBART_DEFAULTS (12+12 layers, d 1024, 16 heads, GLU 2730, text 64, 256 codes of 16384)', batch: 1, optimizer: 'Adafactor (factored, no momentum)' };
+  // what the optimizer state would take, from the shapes alone (known before anything is allocated)
+  const specs = dalleBartParamSpecs(c).filter((p) => p.trainable);
+  const n = specs.reduce((t, p) => t + p.shape.reduce((a, b) => a * b, 1), 0);
+  const factoredFloats = specs.reduce((t, p) => {
+    const dims = factoredDims(p.shape, true, 128);
+    const size = p.shape.reduce((a, b) => a * b, 1);
+    return t + (dims ? size / (p.shape[dims[1]] as number) + size / (p.shape[dims[0]] as number) : size);
+  }, 0);
+  extra['adafactorStateGiB'] = gib(4 * factoredFloats);
+  extra['adamwStateGiB'] = gib(8 * n);
+  extra['wasmHeapLimitGiB'] = 4;
   let stage = 'create';
   let model: DalleBart | null = null;
   let grads: Grads | null = null;
@@ -71,7 +83,8 @@ export async function benchMini(backend: string, ctx: Ctx): Promise<Row[]> {
     const first = step();
     extra['firstStepS'] = +(first / 1000).toFixed(2);
     extra['optimizerStateGiB'] = optimizerGiB;
-    const r = await interleave(step, ctx.quick ? 1 : 2, ctx.peer, 'mini', ctx.settleMs);
+    // the peer: one warm-up step and one trial on every core (a mini step takes tens of seconds)
+    const r = await interleave(step, ctx.quick ? 1 : 2, ctx.peer, 'mini', ctx.settleMs, 1, { trials: 1, threads: [availableParallelism()] });
     extra['loss'] = +loss.toFixed(4);
     extra['sPerStep'] = +(r.ours.ms / 1000).toFixed(2);
     extra['maxRssGiB'] = rssGiB();
@@ -83,6 +96,19 @@ export async function benchMini(backend: string, ctx: Ctx): Promise<Row[]> {
     extra['failedAt'] = stage;
     extra['error'] = String((e as Error).message ?? e).slice(0, 300);
     mark('atFailure');
+    // ours did not fit: PyTorch's figures alone (warm-up step, then 2 timed steps on every core)
+    if (ctx.peer) {
+      try {
+        const { info } = await ctx.peer.prepare('mini', { trials: 1, threads: [availableParallelism()] });
+        const times = [await ctx.peer.rep('mini'), await ctx.peer.rep('mini')];
+        await ctx.peer.drop('mini');
+        extra['peerSPerStep'] = +(spread(times).ms / 1000).toFixed(2);
+        extra['peerStepsS'] = times.map((t) => (t / 1000).toFixed(2)).join(', ');
+        if (info) for (const [k, v] of Object.entries(info)) extra[`peer_${k}`] = v;
+      } catch (pe) {
+        extra['peerError'] = String((pe as Error).message).slice(0, 200);
+      }
+    }
     return [{ section: 'mini', name: 'DalleBart mini (≈0.4 B) Adafactor step, batch 1', backend, ms: Number.NaN, extra }];
   } finally {
     if (grads) disposeGrads(grads);

@@ -79,8 +79,8 @@ export class Peer {
   }
 
   /** Builds and warms up workload `id`, choosing the faster of 1 and every-core intra-op threads. */
-  async prepare(id: string): Promise<{ threads: number; info?: Record<string, number> }> {
-    const r = await this.request({ op: 'prepare', id, threads: [...new Set([1, availableParallelism()])] });
+  async prepare(id: string, opts: { trials?: number; threads?: number[] } = {}): Promise<{ threads: number; info?: Record<string, number> }> {
+    const r = await this.request({ op: 'prepare', id, threads: opts.threads ?? [...new Set([1, availableParallelism()])], trials: opts.trials ?? 2 });
     return { threads: r.threads ?? 0, ...(r.info ? { info: r.info } : {}) };
   }
 
@@ -124,7 +124,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
  * while the other is timed. `ours` is warmed up by the caller. A peer failure is reported, not thrown.
  * `burst` > 1: `ours` is already the mean of that many calls, and the peer's repetition is too.
  */
-export async function interleave(ours: () => number, reps: number, peer: Peer | null, peerId: string | null, settleMs: number, burst = 1): Promise<Interleaved> {
+export async function interleave(ours: () => number, reps: number, peer: Peer | null, peerId: string | null, settleMs: number, burst = 1, prep: { trials?: number; threads?: number[] } = {}): Promise<Interleaved> {
   const a: number[] = [];
   const b: number[] = [];
   let threads = 0;
@@ -133,7 +133,7 @@ export async function interleave(ours: () => number, reps: number, peer: Peer | 
   let usePeer = peer !== null && peerId !== null;
   if (usePeer) {
     try {
-      ({ threads, info } = await (peer as Peer).prepare(peerId as string));
+      ({ threads, info } = await (peer as Peer).prepare(peerId as string, prep));
     } catch (e) {
       peerNote = (e as Error).message;
       usePeer = false;
