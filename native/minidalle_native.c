@@ -260,6 +260,17 @@ static void gemm_block(const GemmJob* j, int64_t i, int64_t r0, int64_t r1, int6
   int64_t lda = j->ta ? j->m : j->k, ldb = j->tb ? j->k : j->n;
   const float* a = j->a + i * j->aStride + (j->ta ? r0 : r0 * lda);
   const float* b = j->b + i * j->bStride + (j->tb ? c0 * ldb : c0);
+  if (r1 - r0 == 1) {
+    /* One row (a decoding step's lm head: [1, d] × [d, vocab]): a matrix-vector product. sgemm with m = 1
+     * repacks the whole B on every call, about 3× slower here than reading it once. */
+    float* y = j->c + i * j->m * j->n + r0 * j->n + c0;
+    int incx = j->ta ? (int)lda : 1;
+    if (j->tb)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(c1 - c0), (int)j->k, 1.0f, b, (int)ldb, a, incx, 0.0f, y, 1);
+    else
+      cblas_sgemv(CblasRowMajor, CblasTrans, (int)j->k, (int)(c1 - c0), 1.0f, b, (int)ldb, a, incx, 0.0f, y, 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, j->ta ? CblasTrans : CblasNoTrans, j->tb ? CblasTrans : CblasNoTrans, (int)(r1 - r0), (int)(c1 - c0), (int)j->k, 1.0f, a,
               (int)lda, b, (int)ldb, 0.0f, j->c + i * j->m * j->n + r0 * j->n + c0, (int)j->n);
 }

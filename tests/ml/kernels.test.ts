@@ -92,6 +92,13 @@ describe('BatchMatMul on wasm matches cpu', () => forEachPath(() => {
     [[2, 3, 4, 6], [5, 4], true, true],
     [[6, 4], [3, 4, 5], false, false], // a shared (broadcast batch)
     [[1, 6, 4], [3, 4, 5], false, false],
+    // one row per product (a decoding step): the native path's matrix-vector branch, each transpose
+    [[1, 7], [7, 37], false, false],
+    [[1, 7], [37, 7], false, true],
+    [[7, 1], [7, 37], true, false],
+    [[7, 1], [37, 7], true, true],
+    [[3, 1, 7], [3, 7, 37], false, false],
+    [[3, 7, 1], [37, 7], true, true],
   ];
   for (const [a, b, ta, tb] of cases) {
     it(`a ${a.join('×')}${ta ? 'ᵀ' : ''} @ b ${b.join('×')}${tb ? 'ᵀ' : ''}`, async () => {
