@@ -23,7 +23,7 @@ function typeOf(s: JsonSchema): string {
 export function describePlugins(registry: PluginRegistry): string {
   const out: string[] = [];
   for (const { plugin, source } of registry.all()) {
-    out.push(`${plugin.name} — ${plugin.description}  [${source}]`);
+    out.push(`${plugin.name}${plugin.version ? ` v${plugin.version}` : ''} — ${plugin.description}  [${source}]`);
     let schema: JsonSchema;
     try {
       schema = z.toJSONSchema(plugin.config, { io: 'input', unrepresentable: 'any' }) as JsonSchema;

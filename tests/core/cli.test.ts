@@ -75,6 +75,7 @@ describe('minidalle CLI', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/shapes-data — .*\[built-in plugin plugins\/shapes-data\]/);
     expect(r.stdout).toMatch(/count: integer = 4000/);
+    expect(r.stdout).toMatch(/^vqgan-finetune v2 — /m); // the behaviour version that enters the fingerprint
     expect(r.stdout).toMatch(/counter — .*steps\.mjs/s);
   });
 
