@@ -22,22 +22,7 @@ import { AdamW, clipByGlobalNorm, disposeGrads, valueAndGrads } from '../../src/
 import { LoadParamsError } from '../../src/ml/params.js';
 import { Rng } from '../../src/ml/rng.js';
 import { readSafetensors, writeSafetensors } from '../../src/ml/safetensors.js';
-import { maxAbsDiff } from './helpers.js';
-
-/** A tiny DalleBart: 2 + 2 layers, width 32, 4 heads, GLU 64, 8 text positions, 16 codes of 24. */
-export const TINY: Partial<DalleBartConfig> = {
-  vocab_size: 40,
-  d_model: 32,
-  encoder_layers: 2,
-  decoder_layers: 2,
-  encoder_attention_heads: 4,
-  decoder_attention_heads: 4,
-  encoder_ffn_dim: 64,
-  decoder_ffn_dim: 64,
-  max_text_length: 8,
-  image_vocab_size: 24,
-  image_length: 16,
-};
+import { maxAbsDiff, TINY } from './helpers.js';
 
 const TINY_BART: Partial<DalleBartConfig> = { ...TINY, model_type: 'bart', use_glu: false, use_bias: true };
 

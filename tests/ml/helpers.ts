@@ -1,6 +1,7 @@
 /** Shared helpers for the ml tests: cpu backend, tensors from the seeded Rng, finite differences. */
 import * as tf from '@tensorflow/tfjs-core';
 import { initCompute } from '../../src/ml/backend.js';
+import type { DalleBartConfig } from '../../src/ml/models/dallebart.js';
 import type { Vqgan } from '../../src/ml/models/vqgan.js';
 import { Rng } from '../../src/ml/rng.js';
 
@@ -58,3 +59,18 @@ export function decoderLastGradNorm(m: Vqgan, x: tf.Tensor4D, loss: (xrec: tf.Te
   tf.dispose([value, ...Object.values(grads)]);
   return n;
 }
+
+/** A tiny DalleBart: 2 + 2 layers, width 32, 4 heads, GLU 64, 8 text positions, 16 codes of 24. */
+export const TINY: Partial<DalleBartConfig> = {
+  vocab_size: 40,
+  d_model: 32,
+  encoder_layers: 2,
+  decoder_layers: 2,
+  encoder_attention_heads: 4,
+  decoder_attention_heads: 4,
+  encoder_ffn_dim: 64,
+  decoder_ffn_dim: 64,
+  max_text_length: 8,
+  image_vocab_size: 24,
+  image_length: 16,
+};

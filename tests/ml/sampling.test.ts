@@ -4,28 +4,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initCompute } from '../../src/ml/backend.js';
 import { DalleBart } from '../../src/ml/models/dallebart.js';
 import { Rng } from '../../src/ml/rng.js';
+import { TINY } from './helpers.js';
 import { drawCode, generateCodes, generateCodesNoCache, sampleSeed, SamplingError, type TextBatch } from '../../src/ml/sampling/index.js';
 
 let model: DalleBart;
 beforeAll(async () => {
   await initCompute({ backend: 'wasm' });
-  model = DalleBart.create(
-    {
-      vocab_size: 40,
-      d_model: 32,
-      encoder_layers: 2,
-      decoder_layers: 2,
-      encoder_attention_heads: 4,
-      decoder_attention_heads: 4,
-      encoder_ffn_dim: 48,
-      decoder_ffn_dim: 48,
-      max_text_length: 8,
-      image_vocab_size: 24,
-      image_length: 12,
-      init_std: 0.5, // large weights: sharp, varied distributions, so greedy ties are impossible and seeds matter
-    },
-    3,
-  );
+  // large weights: sharp, varied distributions, so greedy ties are impossible and seeds matter
+  model = DalleBart.create({ ...TINY, image_length: 12, init_std: 0.5 }, 3);
 });
 afterAll(() => model.dispose());
 
