@@ -43,18 +43,13 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   for (let i = 0; i < steps; i++) step();
   const plainMs = (performance.now() - t0) / steps;
-  const totals = new Map<string, { ms: number; calls: number }>();
+  const totals: KernelTotals = new Map();
   let wall = 0;
   for (let i = 0; i < steps; i++) {
     const t0 = performance.now();
     const info = await tf.profile(step);
     wall += performance.now() - t0;
-    for (const k of info.kernels) {
-      const t = totals.get(k.name) ?? { ms: 0, calls: 0 };
-      t.ms += Number(k.kernelTimeMs);
-      t.calls += 1;
-      totals.set(k.name, t);
-    }
+    addKernels(totals, info.kernels);
   }
   const rows = [...totals.entries()].sort((a, b) => b[1].ms - a[1].ms);
   const sum = rows.reduce((s, [, t]) => s + t.ms, 0);
@@ -64,6 +59,18 @@ async function main(): Promise<void> {
   }
   opt.dispose();
   w.dispose();
+}
+
+type KernelTotals = Map<string, { ms: number; calls: number }>;
+
+/** Adds a tf.profile's kernels to per-kernel time and call totals. */
+function addKernels(totals: KernelTotals, kernels: readonly { name: string; kernelTimeMs: unknown }[]): void {
+  for (const k of kernels) {
+    const t = totals.get(k.name) ?? { ms: 0, calls: 0 };
+    t.ms += Number(k.kernelTimeMs);
+    t.calls += 1;
+    totals.set(k.name, t);
+  }
 }
 
 /** Where one greedy `generateCodes` call spends its time (steps = codes generated). */
@@ -82,13 +89,8 @@ async function profileGenerate(codes: number, o: Record<string, number>): Promis
   const t1 = performance.now();
   const info = await tf.profile(() => void generateCodes(model, req));
   const wall = performance.now() - t1;
-  const totals = new Map<string, { ms: number; calls: number }>();
-  for (const k of info.kernels) {
-    const t = totals.get(k.name) ?? { ms: 0, calls: 0 };
-    t.ms += Number(k.kernelTimeMs);
-    t.calls += 1;
-    totals.set(k.name, t);
-  }
+  const totals: KernelTotals = new Map();
+  addKernels(totals, info.kernels);
   const rows = [...totals.entries()].sort((a, b) => b[1].ms - a[1].ms);
   const sum = rows.reduce((s, [, t]) => s + t.ms, 0);
   const calls = rows.reduce((s, [, t]) => s + t.calls, 0);

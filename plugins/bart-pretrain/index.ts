@@ -182,13 +182,12 @@ export default definePlugin({
             { microBatches: c.grad_accumulation, clip: c.grad_clip, ...(log && c.log_norms ? { onGrads: (g) => (norms = groupNorms('grad_norm', normsByName(g))) } : {}) },
           );
           state.samples += texts.length;
-          state.epoch = order.currentEpoch;
           if (!log) return undefined;
           return {
             'train/loss': r.loss,
             'train/grad_norm': r.gradNorm,
             'train/lr': lrAt(state.step),
-            'train/epoch': state.epoch,
+            'train/epoch': order.currentEpoch,
             ...norms,
           };
         },

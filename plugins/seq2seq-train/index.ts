@@ -24,7 +24,7 @@ import { normsByName } from '../../src/ml/optim/index.js';
 import { Rng } from '../../src/ml/rng.js';
 import { generateImages, imageGrid, writeGenerationConfig, writeVqganReference } from '../../src/ml/text2image.js';
 import { loadTokenizer, saveTokenizer, type TextTokenizer } from '../../src/ml/tokenizers/index.js';
-import { resolveInput } from '../../src/ml/train/data.js';
+import { resolveInput, upstreamArtifact } from '../../src/ml/train/data.js';
 import { cadenceFields, checkAccumulation, checkSchedule, deriveSeed, findResume, optimizerFields, optimizerFrom, optimizerUpdate, runTraining, scheduleFields, scheduleFrom, TrainState } from '../../src/ml/train/index.js';
 import { dalleBartConfigOf, groupNorms, TransformerFields } from '../../src/ml/train/transformer-fields.js';
 
@@ -77,8 +77,8 @@ const ENCODED_HINT = 'an encoded dataset folder, or add needs: [encode]';
 
 function resolveTokenizer(ctx: StageContext<Seq2SeqTrainConfig>): string {
   const c = ctx.config;
-  if (c.tokenizer) return c.tokenizer;
-  for (const out of Object.values(ctx.inputs)) if (out.artifacts.tokenizer) return out.artifacts.tokenizer;
+  const upstream = c.tokenizer || upstreamArtifact(ctx, 'tokenizer');
+  if (upstream) return upstream;
   if (c.encoder_init && existsSync(join(c.encoder_init, 'tokenizer.json'))) return join(c.encoder_init, 'tokenizer.json');
   throw new Seq2SeqTrainError(`${NAME}: no tokenizer: with.tokenizer is empty, no upstream stage has a 'tokenizer' artifact and encoder_init has no tokenizer.json; set with.tokenizer or add a tokenizer-train stage to needs:`);
 }
@@ -213,13 +213,12 @@ export default definePlugin({
             },
           );
           state.samples += rows.length;
-          state.epoch = loader.position().epoch;
           if (!log) return undefined;
           return {
             'train/loss': r.loss,
             'train/grad_norm': r.gradNorm,
             'train/lr': lrAt(state.step),
-            'train/epoch': state.epoch,
+            'train/epoch': loader.position().epoch,
             ...norms,
             ...(c.log_norms ? groupNorms('param_norm', normsByName(model.params.entries())) : {}),
           };

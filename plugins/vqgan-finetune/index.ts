@@ -303,7 +303,6 @@ export default definePlugin({
           const codes = indices!.dataSync();
           usage.add(codes);
           state.samples += c.batch_size;
-          state.epoch = order.currentEpoch;
           let metrics: Record<string, number> | undefined;
           if (log) {
             const batchStats = codebookStats(countCodes(codes, model.config.n_embed));

@@ -7,23 +7,10 @@ import { initCompute } from '../../src/ml/backend.js';
 import { DalleBart, encoderParamNames, saveDalleBart, type DalleBartConfig } from '../../src/ml/models/dallebart.js';
 import { warmStartEncoder, WarmStartError } from '../../src/ml/models/warm-start.js';
 import { readSafetensors, writeSafetensors, type RawTensor } from '../../src/ml/safetensors.js';
+import { TINY } from './helpers.js';
 
 /** The DalleBart being warm-started: a BART-style encoder (FFN, biases, post-LN) of width 32. */
-const TARGET: Partial<DalleBartConfig> = {
-  vocab_size: 40,
-  d_model: 32,
-  encoder_layers: 2,
-  decoder_layers: 2,
-  encoder_attention_heads: 4,
-  decoder_attention_heads: 4,
-  encoder_ffn_dim: 64,
-  decoder_ffn_dim: 64,
-  max_text_length: 8,
-  image_vocab_size: 24,
-  image_length: 16,
-  use_glu: false,
-  use_bias: true,
-};
+const TARGET: Partial<DalleBartConfig> = { ...TINY, use_glu: false, use_bias: true };
 
 const tmp = (tag: string): string => mkdtempSync(join(tmpdir(), `minidalle-warm-${tag}-`));
 

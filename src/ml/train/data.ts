@@ -100,15 +100,18 @@ export class StageInputError extends Error {
   }
 }
 
+/** The first upstream stage's (in `needs:`) artifact called `artifact`. */
+export function upstreamArtifact(ctx: StageContext<unknown>, artifact: string): string | undefined {
+  for (const out of Object.values(ctx.inputs)) if (out.artifacts[artifact]) return out.artifacts[artifact];
+  return undefined;
+}
+
 /**
  * `value` when set, else the first upstream stage (in `needs:`) that has an artifact called `artifact`;
  * an actionable error names the `with:` field otherwise.
  */
 export function resolveInput(ctx: StageContext<unknown>, plugin: string, field: string, value: string, artifact: string, hint: string): string {
-  if (value) return value;
-  for (const out of Object.values(ctx.inputs)) {
-    const a = out.artifacts[artifact];
-    if (a) return a;
-  }
+  const found = value || upstreamArtifact(ctx, artifact);
+  if (found) return found;
   throw new StageInputError(`${plugin}: 'with.${field}' is empty and no upstream stage (needs:) has a '${artifact}' artifact; set with.${field} to ${hint}`);
 }

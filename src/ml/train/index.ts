@@ -1,6 +1,6 @@
 export { cadenceFields, checkAccumulation, checkSchedule, optimizerFields, optimizerFrom, scheduleFields, scheduleFrom } from './config.js';
 export type { OptimizerDefaults, ScheduleDefaults } from './config.js';
-export { findResume, runTraining, scalarValue } from './loop.js';
+export { findResume, runTraining } from './loop.js';
 export type { Cadence, Trainer } from './loop.js';
 export { deriveSeed, MAIN_MODEL, ShuffledOrder, TRAIN_STATE_FILE, TrainState, TrainStateError } from './state.js';
 export type { ModelEntry, Positioned, TrainStateParts } from './state.js';

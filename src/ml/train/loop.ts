@@ -13,7 +13,6 @@
  */
 import type { CheckpointInfo, MetricGoal, StageContext, StageResult } from '../../core/plugins/types.js';
 import type { SkipCounts } from '../../data/skips.js';
-import { tf } from '../backend.js';
 import type { TrainState } from './state.js';
 
 export interface Cadence {
@@ -166,11 +165,4 @@ async function retain(ctx: StageContext<unknown>, keep: number): Promise<void> {
     if (better) best = { runId: c.runId, step: c.step, value: m.value };
   }
   await ctx.checkpoints.prune(keep, { protect: best && best.runId === ctx.runId ? [best.step] : [] });
-}
-
-/** Scalar → number, disposing the tensor (metrics read back once per log). */
-export function scalarValue(t: tf.Tensor): number {
-  const v = t.dataSync()[0] as number;
-  t.dispose();
-  return v;
 }

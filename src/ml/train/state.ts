@@ -5,7 +5,7 @@
  *   config.json + model.safetensors     the main model (the folder then also loads as a model folder)
  *   <name>.safetensors                  any other model (e.g. discriminator.safetensors)
  *   optimizer.<name>.safetensors        optimizer slots + step (F32: a resume is bit-identical)
- *   train_state.json                    step, samples, RNG states, data position, the trainer's extra JSON
+ *   train_state.json                    step, samples, RNG states, data position (its epoch included), the trainer's extra JSON
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -49,7 +49,6 @@ export interface TrainStateParts {
 interface TrainStateJson {
   step: number;
   samples: number;
-  epoch: number;
   rngs: Record<string, RngState>;
   data: unknown;
   extra: unknown;
@@ -68,8 +67,6 @@ export class TrainState {
   step = 0;
   /** training examples consumed so far */
   samples = 0;
-  /** data epoch (informational; the data position is authoritative) */
-  epoch = 0;
 
   constructor(readonly parts: TrainStateParts) {
     if (!parts.models[MAIN_MODEL]) throw new TrainStateError(`a train state needs a '${MAIN_MODEL}' entry among its models (has ${Object.keys(parts.models).join(', ') || 'none'})`);
@@ -90,7 +87,6 @@ export class TrainState {
     const json: TrainStateJson = {
       step: this.step,
       samples: this.samples,
-      epoch: this.epoch,
       rngs: Object.fromEntries(Object.entries(this.parts.rngs ?? {}).map(([k, r]) => [k, r.state()])),
       data: this.parts.data?.position() ?? null,
       extra: this.parts.extra?.save() ?? null,
@@ -122,7 +118,6 @@ export class TrainState {
     if (this.parts.extra) this.parts.extra.restore(json.extra);
     this.step = json.step;
     this.samples = json.samples ?? 0;
-    this.epoch = json.epoch ?? 0;
   }
 
   /** Releases every model and optimizer of the bundle. */
