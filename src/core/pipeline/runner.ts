@@ -52,6 +52,8 @@ export interface RunPipelineOptions {
   whenBusy?: 'wait' | 'refuse';
   /** How often a waiting stage looks at the lock again (ms). */
   lockPollMs?: number;
+  /** More run.json meta for the pipeline run and each stage run it starts (a sweep member's `sweep: { id, member, parameters }`). */
+  meta?: Record<string, unknown>;
 }
 
 /** Lines the worker's logger.warn writes to stderr start with this. */
@@ -141,6 +143,7 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
     versions: versions(),
     tags: exp.tracking.tags,
     notes: exp.tracking.notes,
+    ...options.meta,
   };
   await pipeline.update({ meta: commonMeta });
   board.line(`pipeline ${exp.name}: run ${pipeline.id} (${project.runsDir})`);
