@@ -1,20 +1,26 @@
-import type { CheckpointInfo, Checkpoints, Logger, Plugin, PluginHooks, Progress, StageContext, StageOutputs } from './plugins/types.js';
+import type { CheckpointInfo, Checkpoints, Logger, ObserverContext, Plugin, PluginHooks, Progress, StageContext, StageOutputs } from './plugins/types.js';
 import type { RunHandle } from './runs/index.js';
 
-/** Calls one hook of every observing plugin; a failing hook is reported, and does not stop the stage. */
+/** A plugin observing a run (an experiment's `observers:` entry), with the context its hooks receive. */
+export interface Observer {
+  plugin: Plugin;
+  ctx: ObserverContext;
+}
+
+/** Calls one hook of every observer; a failing hook is reported, and does not stop the stage. */
 export async function notify<K extends keyof PluginHooks>(
-  observers: Plugin[],
+  observers: Observer[],
   hook: K,
   event: Parameters<NonNullable<PluginHooks[K]>>[0],
   logger: Logger,
 ): Promise<void> {
-  for (const p of observers) {
-    const fn = p.hooks?.[hook] as ((e: typeof event) => void | Promise<void>) | undefined;
+  for (const o of observers) {
+    const fn = o.plugin.hooks?.[hook] as ((e: typeof event, ctx: ObserverContext) => void | Promise<void>) | undefined;
     if (!fn) continue;
     try {
-      await fn(event);
+      await fn(event, o.ctx);
     } catch (err) {
-      logger.warn(`plugin '${p.name}' hook ${hook} failed: ${(err as Error).message}`);
+      logger.warn(`plugin '${o.plugin.name}' hook ${hook} failed: ${(err as Error).message}`);
     }
   }
 }
@@ -30,7 +36,7 @@ export interface StageContextParts<C> {
   progress: Progress;
   /** run.json `meta` updates (the worker forwards them to the orchestrator, which owns run.json). */
   meta: (values: Record<string, unknown>) => void;
-  observers?: Plugin[];
+  observers?: Observer[];
 }
 
 /**

@@ -7,8 +7,8 @@ import { isAbsolute, relative, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { encodeEvent, EXIT, type StageSpec, type WorkerEvent } from './executors/protocol.js';
 import { loadPlugins } from './plugins/registry.js';
-import { createStageContext, notify } from './context.js';
-import type { Plugin } from './plugins/types.js';
+import { createStageContext, notify, type Observer } from './context.js';
+import type { Logger } from './plugins/types.js';
 import { RunStore } from './runs/index.js';
 import { configSecretValues, scrub, secretValues } from './secrets.js';
 
@@ -28,8 +28,8 @@ async function readSpec(): Promise<{ spec: StageSpec; stdinClosed: Promise<void>
 
 export async function runWorker(): Promise<number> {
   const { spec, stdinClosed } = await readSpec();
-  // The environment's secrets and the values under secret-named keys of the stage's config.
-  const secrets = [...secretValues(), ...configSecretValues(spec.config)];
+  // The environment's secrets and the values under secret-named keys of the stage's and the observers' config.
+  const secrets = [...secretValues(), ...configSecretValues(spec.config), ...configSecretValues(spec.observers)];
   const controller = new AbortController();
   let signals = 0;
   // Signals come from the orchestrator (the worker has its own process group): SIGTERM once to stop gracefully,
@@ -43,19 +43,26 @@ export async function runWorker(): Promise<number> {
   process.on('SIGTERM', () => stop('SIGTERM'));
   void stdinClosed.then(() => controller.signal.aborted || stop('the orchestrator went away'));
 
+  const logger: Logger = {
+    info: (m: string) => process.stdout.write(`${scrub(m, secrets)}\n`),
+    warn: (m: string) => process.stderr.write(`warning: ${scrub(m, secrets)}\n`),
+    error: (m: string) => process.stderr.write(`error: ${scrub(m, secrets)}\n`),
+  };
+  // Once the run has started, every end it lives to see (finished, stopped, failed) reaches the observers.
+  let ended: ((status: 'stopped' | 'failed', error?: string) => Promise<void>) | undefined;
   try {
     const registry = await loadPlugins({ packages: spec.pluginPackages, projectDir: spec.projectDir });
     const plugin = registry.get(spec.plugin);
     if (!plugin) throw new Error(`plugin '${spec.plugin}' is not installed on this host`);
-    const observers = spec.observers.map((n) => registry.get(n)).filter((p): p is Plugin => p !== undefined);
     const config = plugin.config.parse(spec.config) as Record<string, unknown>;
-    const store = new RunStore(spec.runsDir, { secrets: configSecretValues(spec.config) });
+    const store = new RunStore(spec.runsDir, { secrets: configSecretValues([spec.config, spec.observers]) });
     const run = await store.open(spec.runId);
-    const logger = {
-      info: (m: string) => process.stdout.write(`${scrub(m, secrets)}\n`),
-      warn: (m: string) => process.stderr.write(`warning: ${scrub(m, secrets)}\n`),
-      error: (m: string) => process.stderr.write(`error: ${scrub(m, secrets)}\n`),
-    };
+    const runName = (await run.read()).name;
+    const observers: Observer[] = spec.observers.map((o) => {
+      const p = registry.get(o.plugin);
+      if (!p) throw new Error(`observer plugin '${o.plugin}' is not installed on this host`);
+      return { plugin: p, ctx: { config: p.config.parse(o.config), stage: spec.stage, runName, plugin: plugin.name, runDir: run.dir, logger } };
+    });
     const { ctx, pending } = createStageContext({
       run,
       stage: spec.stage,
@@ -73,6 +80,11 @@ export async function runWorker(): Promise<number> {
       },
     });
     await notify(observers, 'runStart', { runId: run.id, stage: spec.stage, plugin: plugin.name }, logger);
+    ended = async (status, error) => {
+      await pending();
+      await run.flush().catch(() => {});
+      await notify(observers, 'runEnd', { runId: run.id, status, artifacts: {}, ...(error === undefined ? {} : { error }) }, logger);
+    };
     const result = await plugin.run(ctx);
     await pending();
     if (result.summary) run.summary(result.summary);
@@ -85,15 +97,18 @@ export async function runWorker(): Promise<number> {
     }
     await run.flush();
     const stopped = controller.signal.aborted;
+    ended = undefined; // runEnd is called here, with the artifacts
     await notify(observers, 'runEnd', { runId: run.id, status: stopped ? 'stopped' : 'finished', artifacts }, logger);
     emit({ type: 'result', artifacts, stopped });
     return stopped ? EXIT.stopped : EXIT.finished;
   } catch (err) {
     const e = err as Error;
     if (controller.signal.aborted && e.name === 'AbortError') {
+      await ended?.('stopped');
       emit({ type: 'result', artifacts: {}, stopped: true });
       return EXIT.stopped;
     }
+    await ended?.('failed', scrub(e.message ?? String(err), secrets));
     emit({ type: 'error', message: scrub(e.message ?? String(err), secrets), stack: e.stack ? scrub(e.stack, secrets) : undefined });
     return EXIT.failed;
   }

@@ -113,7 +113,7 @@ stages:
   });
 
   it('calls observer hooks in order and compares runs', () => {
-    const dir = project({ 'e.yaml': 'name: h\nstages:\n  a: { plugin: counter, with: { steps: 2 } }\n  watch: { plugin: observer }\n' });
+    const dir = project({ 'e.yaml': 'name: h\nstages:\n  a: { plugin: counter, with: { steps: 2 } }\nobservers:\n  - { plugin: observer }\n' });
     const hooks = join(dir, 'hooks.jsonl');
     const r = cli(dir, ['run', 'e.yaml'], { MINIDALLE_TEST_HOOKS: hooks });
     expect(r.code).toBe(0);

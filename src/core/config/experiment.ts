@@ -21,6 +21,15 @@ export const StageSchema = z
   })
   .strict();
 
+/** An experiment-level observer: a plugin whose hooks watch stages it need not be part of. */
+export const ObserverSchema = z
+  .object({
+    plugin: z.string().describe('name of a plugin with observer hooks'),
+    stages: z.array(z.string()).optional().describe('the stages it watches (default: every stage)'),
+    with: z.record(z.string(), z.unknown()).default({}).describe("the plugin's configuration, validated against its schema"),
+  })
+  .strict();
+
 export const ExperimentSchema = z
   .object({
     name: z.string().regex(/^[A-Za-z0-9][\w.-]*$/, 'expected letters, digits, ".", "_" or "-"'),
@@ -35,6 +44,7 @@ export const ExperimentSchema = z
       .strict()
       .default({ tags: [] }),
     stages: z.record(z.string(), StageSchema).refine((s) => Object.keys(s).length > 0, 'an experiment needs at least one stage'),
+    observers: z.array(ObserverSchema).default([]).describe('plugins whose hooks watch running stages (e.g. checkpoint-push every Nth checkpoint)'),
   })
   .strict();
 
@@ -250,6 +260,24 @@ export function loadExperiment(file: string, options: LoadOptions): LoadedExperi
       Object.entries(stage.with).filter(([k, v]) => JSON.stringify(v) !== JSON.stringify(defaults[k])),
     );
   }
+  experiment.observers.forEach((o, i) => {
+    const at = (...rest: (string | number)[]) => ['observers', i, ...rest];
+    o.stages?.forEach((s, j) => {
+      if (!experiment.stages[s]) problems.push({ path: at('stages', j), message: `unknown stage '${s}'${didYouMean(s, stageNames)}` });
+    });
+    const plugin = options.registry.get(o.plugin);
+    if (!plugin) {
+      problems.push({ path: at('plugin'), message: `unknown plugin '${o.plugin}'${didYouMean(o.plugin, options.registry.names())} (see \`minidalle plugins\`)` });
+      return;
+    }
+    if (Object.keys(plugin.hooks ?? {}).length === 0) {
+      problems.push({ path: at('plugin'), message: `plugin '${o.plugin}' has no observer hooks: it can run as a stage, not watch one` });
+      return;
+    }
+    const withParsed = plugin.config.safeParse(o.with);
+    if (!withParsed.success) problems.push(...zodProblems(withParsed.error, plugin.config, at('with')));
+    else o.with = withParsed.data as Record<string, unknown>;
+  });
   const { order, cycle } = topologicalOrder(experiment.stages);
   if (cycle) problems.push({ path: ['stages', cycle[0]!, 'needs'], message: `stages form a cycle: ${cycle.join(' → ')}` });
   if (problems.length) fail(problems);

@@ -19,8 +19,8 @@ export interface StageSpec {
   seed: number;
   projectDir: string;
   pluginPackages: string[];
-  /** Plugins of the experiment whose observer hooks see this run. */
-  observers: string[];
+  /** The experiment's `observers:` entries that watch this stage: plugin name and validated `with:`. */
+  observers: { plugin: string; config: Record<string, unknown> }[];
 }
 
 export type WorkerEvent =

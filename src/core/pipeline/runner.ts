@@ -298,7 +298,7 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
       seed: exp.seed,
       projectDir: project.projectDir,
       pluginPackages: project.plugins,
-      observers: [...new Set(Object.values(exp.stages).map((s) => s.plugin))],
+      observers: exp.observers.filter((o) => o.stages?.includes(name) ?? true).map((o) => ({ plugin: o.plugin, config: o.with })),
     };
     const executor = options.executors[stage.host];
     if (!executor) throw new Error(`no executor for host '${stage.host}'`);

@@ -101,12 +101,34 @@ export interface StageResult {
   summary?: Record<string, unknown>;
 }
 
-/** Observer hooks, called by the core in this order: runStart, metrics*, checkpoint*, runEnd. */
-export interface PluginHooks {
-  runStart?(event: { runId: string; stage: string; plugin: string }): void | Promise<void>;
-  metrics?(event: { runId: string; step: number; metrics: Record<string, number> }): void | Promise<void>;
-  checkpoint?(event: { runId: string; checkpoint: CheckpointInfo }): void | Promise<void>;
-  runEnd?(event: { runId: string; status: string; artifacts: Record<string, string> }): void | Promise<void>;
+/**
+ * What an observer's hooks get besides the event: its own configuration (the `with:` of the experiment's
+ * `observers:` entry, validated against the plugin's `config`), the observed run, and a logger.
+ */
+export interface ObserverContext<C = unknown> {
+  config: C;
+  /** The observed stage, its run's name (`<experiment>/<stage>`), plugin and directory. */
+  stage: string;
+  runName: string;
+  plugin: string;
+  runDir: string;
+  logger: Logger;
+}
+
+/**
+ * Observer hooks, called by the core in this order: runStart, metrics*, checkpoint*, runEnd. They run in the
+ * worker beside the observed stage; `checkpoint` is awaited before the stage goes on, so the checkpoint is
+ * still there. `runEnd` comes for every end the worker lives to see: finished, stopped, or failed (with the
+ * error); a worker killed outright (SIGKILL, a lost host) calls nothing.
+ */
+export interface PluginHooks<C = unknown> {
+  runStart?(event: { runId: string; stage: string; plugin: string }, ctx: ObserverContext<C>): void | Promise<void>;
+  metrics?(event: { runId: string; step: number; metrics: Record<string, number> }, ctx: ObserverContext<C>): void | Promise<void>;
+  checkpoint?(event: { runId: string; checkpoint: CheckpointInfo }, ctx: ObserverContext<C>): void | Promise<void>;
+  runEnd?(
+    event: { runId: string; status: 'finished' | 'stopped' | 'failed'; artifacts: Record<string, string>; error?: string },
+    ctx: ObserverContext<C>,
+  ): void | Promise<void>;
 }
 
 export interface Plugin<S extends z.ZodType = z.ZodType> {
@@ -122,7 +144,8 @@ export interface Plugin<S extends z.ZodType = z.ZodType> {
   /** Schema of the stage's `with:` block: every field has a default or is required; unknown keys are errors. */
   config: S;
   run(ctx: StageContext<z.output<S>>): Promise<StageResult>;
-  hooks?: PluginHooks;
+  /** Observer hooks: active for the stages an experiment's `observers:` entry naming this plugin watches. */
+  hooks?: PluginHooks<z.output<S>>;
 }
 
 /** Identity function that gives a plugin object its types. */
