@@ -41,9 +41,13 @@ export function buildCli(argv: string[]) {
           .option('rerun', { type: 'string', array: true, describe: 'run again: all stages (no value) or the named ones' })
           .option('parallel', { type: 'number', describe: 'stages run at once (default: project config max_parallel)' })
           .option('verify', { type: 'boolean', default: false, describe: "re-hash every file of reused runs' artifacts (default: sizes, and sha256 of files changed since)" })
-          .option('wait', { type: 'boolean', default: true, describe: 'wait for another process running the same stage (--no-wait: refuse)' }),
+          .option('wait', { type: 'boolean', default: true, describe: 'wait for another process running the same stage (--no-wait: refuse)' })
+          .option('sweep', { type: 'string', array: true, describe: 'run a grid sweep: key.path=a,b,c | range(start,stop[,step]) | choice(a,b); with --sweep-random: uniform(a,b) | loguniform(a,b) | int(a,b)' })
+          .option('sweep-random', { type: 'number', describe: 'random search: this many members drawn from the --sweep / sweep: block parameters' })
+          .option('sweep-seed', { type: 'number', describe: 'seed of a random sweep (default: the sweep block seed, else the experiment seed)' })
+          .option('sweep-parallel', { type: 'number', describe: 'sweep members run at once (default: the sweep block max_parallel, else 1)' }),
       async (args) => {
-        const { loaded, project } = await load(args.experiment, args.overrides);
+        const { loaded, project, registry } = await load(args.experiment, args.overrides);
         const { runPipeline } = await import('./core/pipeline/runner.js');
         const { LocalExecutor } = await import('./core/executors/local.js');
         const { ProgressBoard } = await import('./core/progress.js');
@@ -63,6 +67,27 @@ export function buildCli(argv: string[]) {
         process.on('SIGINT', () => onSignal('SIGINT'));
         process.on('SIGTERM', () => onSignal('SIGTERM'));
         const rerun = args.rerun === undefined ? false : args.rerun.length === 0 || args.rerun.every((r) => r === '') ? true : args.rerun;
+        const sweep = { sweep: args.sweep, random: args.sweepRandom, seed: args.sweepSeed, parallel: args.sweepParallel };
+        const { wantsSweep } = await import('./core/sweep/plan.js');
+        if (wantsSweep(loaded, sweep)) {
+          if (rerun !== false) throw new UsageError("--rerun applies to one pipeline, not to a sweep (whose members share stages); run a member alone with its values as overrides and '~sweep'");
+          if (!args.wait) throw new UsageError('--no-wait cannot be combined with a sweep: its members wait for the stages they share');
+          const { runSweepCommand } = await import('./commands/sweep.js');
+          process.exitCode = await runSweepCommand({
+            base: loaded,
+            overrides: args.overrides,
+            sweep,
+            project,
+            registry,
+            executors: { local: new LocalExecutor() },
+            board: new ProgressBoard(process.stdout),
+            maxParallel: args.parallel,
+            verify: args.verify,
+            signal: controller.signal,
+            kill: killer.signal,
+          });
+          return;
+        }
         const result = await runPipeline(loaded, {
           project,
           executors: { local: new LocalExecutor() },
@@ -101,6 +126,19 @@ export function buildCli(argv: string[]) {
         const { project } = await context();
         const { listRuns } = await import('./commands/show.js');
         console.log(await listRuns(project.runsDir, args.all ? Infinity : args.limit));
+      },
+    )
+    .command(
+      'sweep [id]',
+      'list the sweeps, or rank one sweep\'s members by its metric (with each member\'s parameters)',
+      (y) =>
+        y
+          .positional('id', { type: 'string', describe: 'sweep id (a unique prefix is enough); none: list the sweeps' })
+          .option('plot', { type: 'string', describe: 'also draw the metric against each parameter as PNG (default file: runs/sweeps/<id>.png)' }),
+      async (args) => {
+        const { project } = await context();
+        const { sweepCommand } = await import('./commands/sweep.js');
+        console.log(await sweepCommand(project.runsDir, args.id, args.plot));
       },
     )
     .command(

@@ -4,7 +4,8 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, type ConfigProblem } from '../errors.js';
 import type { PluginRegistry } from '../plugins/registry.js';
-import { applyOverrides, parseOverride, type Override } from './overrides.js';
+import { applyOverrides, parseOverride, pluginDefaults, type Override } from './overrides.js';
+import { checkSweepStages, SweepSchema } from '../sweep/schema.js';
 import { keysAt, objectDefaults } from './schema-keys.js';
 import { didYouMean } from './suggest.js';
 import { YamlSource } from './yaml-source.js';
@@ -45,8 +46,10 @@ export const ExperimentSchema = z
       .default({ tags: [] }),
     stages: z.record(z.string(), StageSchema).refine((s) => Object.keys(s).length > 0, 'an experiment needs at least one stage'),
     observers: z.array(ObserverSchema).default([]).describe('plugins whose hooks watch running stages (e.g. checkpoint-push every Nth checkpoint)'),
+    sweep: SweepSchema.optional().describe('a grid or random search over this experiment: `minidalle run` runs its members (`~sweep` runs the experiment alone)'),
   })
-  .strict();
+  .strict()
+  .superRefine(checkSweepStages);
 
 export type StageConfig = z.output<typeof StageSchema>;
 export type Experiment = z.output<typeof ExperimentSchema>;
@@ -191,7 +194,7 @@ export function loadExperiment(file: string, options: LoadOptions): LoadedExperi
   const sources: YamlSource[] = [];
   const base = readChain(path, [], sources, resolve(options.projectDir ?? dirname(path)));
   const overrides: Override[] = (options.overrides ?? []).map(parseOverride);
-  const merged = applyOverrides(base, overrides);
+  const merged = applyOverrides(base, overrides, { defaultAt: pluginDefaults(options.registry) });
 
   const locate = (problem: ConfigProblem): ConfigProblem => {
     // The last override that set this value (or a mapping above it), or that created the mapping the problem is in.
