@@ -162,6 +162,22 @@ export function buildCli(argv: string[]) {
       },
     )
     .command(
+      'report <runs..>',
+      'write one self-contained HTML report of a pipeline run (or of runs): stages, curves, images, tables, config',
+      (y) =>
+        y
+          .positional('runs', { type: 'string', array: true, demandOption: true, describe: 'a pipeline run, or runs (ids or unique prefixes)' })
+          .option('out', { type: 'string', default: 'report.html', describe: 'the HTML file to write' })
+          .option('png', { type: 'boolean', default: false, describe: 'also write a one-page summary PNG beside it (same name, .png)' }),
+      async (args) => {
+        const { project } = await context();
+        const { reportCommand } = await import('./commands/report.js');
+        const r = await reportCommand({ runs: args.runs.map(String), runsDir: project.runsDir, out: args.out, png: args.png });
+        for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`);
+        console.log(`report: ${r.html} (${(r.bytes / 1e6).toFixed(2)} MB, ${r.charts} charts, ${r.images} images, ${r.seconds.toFixed(1)} s)${r.png ? `; summary ${r.png}` : ''}`);
+      },
+    )
+    .command(
       'plugins',
       'list the installed plugins and their config schemas',
       (y) => y,
@@ -184,6 +200,33 @@ export function buildCli(argv: string[]) {
       async (args) => {
         const { tokenizeCommand } = await import('./commands/tokenize.js');
         await tokenizeCommand({ tokenizer: args.tokenizer, texts: args.texts.map(String), special: args.special, maxLength: args.maxLength, decode: args.decode });
+      },
+    )
+    .command(
+      'convert <source>',
+      'convert a PyTorch (.ckpt, .bin, sharded .bin) or Flax (.msgpack) checkpoint into a model folder (config.json + model.safetensors)',
+      (y) =>
+        y
+          .positional('source', { type: 'string', demandOption: true, describe: 'checkpoint file, or a folder holding one (HF layout, taming logs/…)' })
+          .option('to', { type: 'string', demandOption: true, describe: 'the model folder to write' })
+          .option('kind', { type: 'string', choices: ['vqgan', 'bart'], describe: 'model kind (default: recognised from the tensor names)' })
+          .option('dtype', { type: 'string', choices: ['float32', 'float16'], default: 'float32', describe: 'storage dtype of float tensors' })
+          .option('config', { type: 'string', describe: 'model config when it is not beside the weights (taming: configs/model.yaml; HF: config.json)' })
+          .option('force', { type: 'boolean', default: false, describe: 'replace a model.safetensors already in --to' }),
+      async (args) => {
+        const { convertCommand } = await import('./commands/convert.js');
+        const { ProgressBoard } = await import('./core/progress.js');
+        const board = new ProgressBoard(process.stdout);
+        await convertCommand({
+          input: args.source,
+          to: args.to,
+          ...(args.kind ? { kind: args.kind } : {}),
+          dtype: args.dtype as 'float32' | 'float16',
+          ...(args.config ? { config: args.config } : {}),
+          force: args.force,
+          log: (line) => board.line(line),
+          progress: { start: (total) => board.start('convert', total, 'tensors'), tick: (n) => board.tick('convert', n), end: () => board.end('convert') },
+        });
       },
     )
     .command(
