@@ -203,6 +203,33 @@ export function buildCli(argv: string[]) {
       },
     )
     .command(
+      'convert <source>',
+      'convert a PyTorch (.ckpt, .bin, sharded .bin) or Flax (.msgpack) checkpoint into a model folder (config.json + model.safetensors)',
+      (y) =>
+        y
+          .positional('source', { type: 'string', demandOption: true, describe: 'checkpoint file, or a folder holding one (HF layout, taming logs/…)' })
+          .option('to', { type: 'string', demandOption: true, describe: 'the model folder to write' })
+          .option('kind', { type: 'string', choices: ['vqgan', 'bart'], describe: 'model kind (default: recognised from the tensor names)' })
+          .option('dtype', { type: 'string', choices: ['float32', 'float16'], default: 'float32', describe: 'storage dtype of float tensors' })
+          .option('config', { type: 'string', describe: 'model config when it is not beside the weights (taming: configs/model.yaml; HF: config.json)' })
+          .option('force', { type: 'boolean', default: false, describe: 'replace a model.safetensors already in --to' }),
+      async (args) => {
+        const { convertCommand } = await import('./commands/convert.js');
+        const { ProgressBoard } = await import('./core/progress.js');
+        const board = new ProgressBoard(process.stdout);
+        await convertCommand({
+          input: args.source,
+          to: args.to,
+          ...(args.kind ? { kind: args.kind } : {}),
+          dtype: args.dtype as 'float32' | 'float16',
+          ...(args.config ? { config: args.config } : {}),
+          force: args.force,
+          log: (line) => board.line(line),
+          progress: { start: (total) => board.start('convert', total, 'tensors'), tick: (n) => board.tick('convert', n), end: () => board.end('convert') },
+        });
+      },
+    )
+    .command(
       'generate [prompt..]',
       'generate images for prompts with a trained text → image model: PNGs, a labelled grid and generations.json',
       (y) =>

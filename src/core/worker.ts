@@ -9,6 +9,7 @@ import { encodeEvent, EXIT, type StageSpec, type WorkerEvent } from './executors
 import { loadPlugins } from './plugins/registry.js';
 import { createStageContext, notify, type Observer } from './context.js';
 import type { Logger } from './plugins/types.js';
+import { resolveConfigRefs } from './refs.js';
 import { RunStore } from './runs/index.js';
 import { configSecretValues, scrub, secretValues } from './secrets.js';
 
@@ -54,7 +55,12 @@ export async function runWorker(): Promise<number> {
     const registry = await loadPlugins({ packages: spec.pluginPackages, projectDir: spec.projectDir });
     const plugin = registry.get(spec.plugin);
     if (!plugin) throw new Error(`plugin '${spec.plugin}' is not installed on this host`);
-    const config = plugin.config.parse(spec.config) as Record<string, unknown>;
+    // hf:/wandb: references in the plugin's model-path fields become cached folders before the stage runs.
+    const { config, resolved } = await resolveConfigRefs(plugin.config, plugin.config.parse(spec.config) as Record<string, unknown>, {
+      log: logger.info,
+      signal: controller.signal,
+    });
+    if (Object.keys(resolved).length > 0) emit({ type: 'meta', values: { model_refs: resolved } });
     const store = new RunStore(spec.runsDir, { secrets: configSecretValues([spec.config, spec.observers]) });
     const run = await store.open(spec.runId);
     const runName = (await run.read()).name;
