@@ -235,7 +235,7 @@ export function buildCli(argv: string[]) {
       (y) =>
         y
           .positional('prompt', { type: 'string', array: true, default: [] as string[], describe: 'prompts, e.g. "a red circle on the left"' })
-          .option('model', { type: 'string', demandOption: true, describe: 'seq2seq-train run id (a unique prefix is enough) or model folder' })
+          .option('model', { type: 'string', demandOption: true, describe: 'seq2seq-train run id (a unique prefix is enough), model folder, hf:<owner>/<repo>[@rev] or wandb:<entity>/<project>/<name>:<alias>' })
           .option('prompts', { type: 'string', describe: 'a file of prompts, one per line (# comments)' })
           .option('n', { type: 'number', default: 8, describe: 'images per prompt' })
           .option('seed', { type: 'number', default: 1, describe: 'sampling seed (same seed, same images)' })

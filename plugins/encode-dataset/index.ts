@@ -11,6 +11,7 @@ import { copyFile, link, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { definePlugin, type StageContext } from '../../src/core/plugins/types.js';
+import { modelPath } from '../../src/core/refs.js';
 import { DataReadConfig, prepareOptionsFrom } from '../../src/data/config.js';
 import { EncodedShardWriter, sha256File, MANIFEST_NAME, type EncodedManifest, type EncodedShardInfo } from '../../src/data/encoded.js';
 import { prepareItems, type PreparedItem } from '../../src/data/prepare.js';
@@ -19,7 +20,7 @@ import { SkipCounts } from '../../src/data/skips.js';
 
 export const EncodeDatasetConfig = DataReadConfig.omit({ source: true, crop: true, blank_caption_prob: true })
   .extend({
-    vqgan: z.string().min(1).describe('VQGAN folder (config.json + model.safetensors), e.g. ${stages.vqgan.artifacts.model}'),
+    vqgan: modelPath('VQGAN folder (config.json + model.safetensors), e.g. ${stages.vqgan.artifacts.model}', { required: true }),
     sources: z
       .record(z.string().regex(/^[a-z][a-z0-9_-]*$/), z.string().min(1))
       .refine((s) => Object.keys(s).length > 0, 'name at least one split, e.g. { train: ${stages.data.artifacts.train} }')

@@ -12,6 +12,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { definePlugin, type StageContext } from '../../src/core/plugins/types.js';
+import { modelPath } from '../../src/core/refs.js';
 import { readEncodedManifest } from '../../src/data/encoded.js';
 import { EncodedLoader } from '../../src/data/loader.js';
 import type { EncodedRow } from '../../src/data/encoded.js';
@@ -35,8 +36,8 @@ export const Seq2SeqTrainConfig = z
     train: z.string().default('').describe("encoded dataset folder (dataset.json + parquet shards); '' = the upstream stage's train artifact"),
     heldout: z.string().default('').describe("held-out encoded dataset folder; '' = the upstream stage's heldout artifact"),
     tokenizer: z.string().default('').describe("tokenizer.json or folder; '' = the upstream stage's tokenizer artifact, else encoder_init's tokenizer.json"),
-    vqgan: z.string().default('').describe("the VQGAN the codes came from; '' = the one recorded in the train dataset's manifest"),
-    encoder_init: z.string().default('').describe('HF BART folder (config.json + model.safetensors or a sharded index) whose encoder and text embeddings warm-start the model; empty = from scratch'),
+    vqgan: modelPath("the VQGAN the codes came from; '' = the one recorded in the train dataset's manifest"),
+    encoder_init: modelPath('HF BART folder (config.json + model.safetensors or a sharded index) whose encoder and text embeddings warm-start the model; empty = from scratch'),
     freeze_encoder_steps: z.number().int().min(0).default(0).describe('keep the (warm-started) encoder and text embeddings fixed for this many steps'),
     model: TransformerFields.default(() => TransformerFields.parse({})).describe('model sizes (the text and image vocabularies come from the tokenizer and the data)'),
     seed: z.number().int().min(0).nullable().default(null).describe('init/data seed; null = experiment seed'),

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { z } from 'zod';
 import { definePlugin } from '../../src/core/plugins/types.js';
+import { modelPath } from '../../src/core/refs.js';
 import { describeCompute, initCompute, tf } from '../../src/ml/backend.js';
 import { stopGradient } from '../../src/ml/kernels/ops.js';
 import { loadLpips, lpipsLoss, type Lpips } from '../../src/ml/losses/lpips.js';
@@ -60,7 +61,7 @@ export const VqganFinetuneConfig = z
     heldout: z.string().default('').describe("held-out images; '' = the `data` stage's heldout artifact"),
     resolution: posInt.default(32).describe('image side in pixels'),
     max_train_items: z.number().int().min(0).default(0).describe('use at most this many training images (0 = all)'),
-    init: z.string().default('').describe('checkpoint folder (config.json + model.safetensors) to fine-tune; empty = from scratch'),
+    init: modelPath('checkpoint folder (config.json + model.safetensors) to fine-tune; empty = from scratch'),
     model: VqganModelFields.default(() => VqganModelFields.parse({})).describe('architecture when training from scratch (ignored with init)'),
     seed: z.number().int().min(0).nullable().default(null).describe('init/shuffle seed; null = experiment seed'),
     steps: posInt.default(2000).describe('training steps'),
