@@ -18,7 +18,8 @@ async function context() {
 async function load(experiment: string, overrides: string[]) {
   const { project, registry } = await context();
   const { loadExperiment } = await import('./core/config/experiment.js');
-  const loaded = loadExperiment(experiment, { overrides, registry, hosts: Object.keys(project.hosts), projectDir: project.projectDir });
+  const { placementTargets } = await import('./core/config/project.js');
+  const loaded = loadExperiment(experiment, { overrides, registry, hosts: placementTargets(project), projectDir: project.projectDir });
   return { project, registry, loaded };
 }
 
@@ -49,8 +50,12 @@ export function buildCli(argv: string[]) {
       async (args) => {
         const { loaded, project, registry } = await load(args.experiment, args.overrides);
         const { runPipeline } = await import('./core/pipeline/runner.js');
-        const { LocalExecutor } = await import('./core/executors/local.js');
+        const { buildExecutors } = await import('./core/executors/inventory.js');
+        const { planPlacement } = await import('./core/executors/placement.js');
         const { ProgressBoard } = await import('./core/progress.js');
+        planPlacement(loaded, project); // a stage no host can run is refused before anything starts
+        const board = new ProgressBoard(process.stdout);
+        const executors = buildExecutors(project, (line) => board.line(line));
         const controller = new AbortController();
         const killer = new AbortController();
         let interrupts = 0;
@@ -79,8 +84,8 @@ export function buildCli(argv: string[]) {
             sweep,
             project,
             registry,
-            executors: { local: new LocalExecutor() },
-            board: new ProgressBoard(process.stdout),
+            executors,
+            board,
             maxParallel: args.parallel,
             verify: args.verify,
             signal: controller.signal,
@@ -90,8 +95,8 @@ export function buildCli(argv: string[]) {
         }
         const result = await runPipeline(loaded, {
           project,
-          executors: { local: new LocalExecutor() },
-          board: new ProgressBoard(process.stdout),
+          executors,
+          board,
           rerun,
           maxParallel: args.parallel,
           signal: controller.signal,
@@ -99,6 +104,7 @@ export function buildCli(argv: string[]) {
           verify: args.verify,
           whenBusy: args.wait ? 'wait' : 'refuse',
         });
+        await Promise.all(Object.values(executors).map((e) => e.close?.()));
         const line = result.stages.map((s) => `${s.stage}=${s.status}`).join(' ');
         console.log(`pipeline ${result.pipelineRunId}: ${result.status} (${line})`);
         process.exitCode = result.status === 'finished' ? 0 : result.status === 'stopped' ? 130 : 1;
@@ -109,13 +115,15 @@ export function buildCli(argv: string[]) {
       'check an experiment and print its plan without running anything',
       (y) => withOverrides(y),
       async (args) => {
-        const { loaded } = await load(args.experiment, args.overrides);
+        const { loaded, project } = await load(args.experiment, args.overrides);
         const { formatPlan } = await import('./commands/show.js');
+        const { formatPlacement, planPlacement } = await import('./core/executors/placement.js');
         const { consoleSecrets, redactConfig, scrub } = await import('./core/secrets.js');
         // The plan goes through the same scrubbing as run/show/the run store: redacted by key, scrubbed by value.
         const secrets = consoleSecrets(loaded.experiment);
         const shown = { ...loaded, experiment: redactConfig(loaded.experiment, secrets), changedFromDefaults: redactConfig(loaded.changedFromDefaults, secrets) };
         console.log(scrub(formatPlan(shown), secrets));
+        console.log(formatPlacement(planPlacement(loaded, project), project));
       },
     )
     .command(
@@ -175,6 +183,16 @@ export function buildCli(argv: string[]) {
         const r = await reportCommand({ runs: args.runs.map(String), runsDir: project.runsDir, out: args.out, png: args.png });
         for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`);
         console.log(`report: ${r.html} (${(r.bytes / 1e6).toFixed(2)} MB, ${r.charts} charts, ${r.images} images, ${r.seconds.toFixed(1)} s)${r.png ? `; summary ${r.png}` : ''}`);
+      },
+    )
+    .command(
+      'hosts',
+      'list the hosts of the project inventory: whether each answers, its state (TPU: READY, PREEMPTED, …), what runs on it',
+      (y) => y,
+      async () => {
+        const { loadProjectConfig } = await import('./core/config/project.js');
+        const { hostsCommand } = await import('./commands/hosts.js');
+        console.log(await hostsCommand(await loadProjectConfig()));
       },
     )
     .command(

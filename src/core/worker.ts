@@ -29,6 +29,9 @@ async function readSpec(): Promise<{ spec: StageSpec; stdinClosed: Promise<void>
 
 export async function runWorker(): Promise<number> {
   const { spec, stdinClosed } = await readSpec();
+  // A remote worker's secrets and host env came with the spec on stdin: they live in this process's memory and
+  // reach the plugin's own child processes, never a file or a command line.
+  if (spec.env) Object.assign(process.env, spec.env);
   // The environment's secrets and the values under secret-named keys of the stage's and the observers' config.
   const secrets = [...secretValues(), ...configSecretValues(spec.config), ...configSecretValues(spec.observers)];
   const controller = new AbortController();
@@ -115,7 +118,9 @@ export async function runWorker(): Promise<number> {
       return EXIT.stopped;
     }
     await ended?.('failed', scrub(e.message ?? String(err), secrets));
-    emit({ type: 'error', message: scrub(e.message ?? String(err), secrets), stack: e.stack ? scrub(e.stack, secrets) : undefined });
+    // A plugin error may carry the exit code of a program it ran (command stages): retry.on_exit_codes matches it.
+    const exitCode = (e as { exitCode?: unknown }).exitCode;
+    emit({ type: 'error', message: scrub(e.message ?? String(err), secrets), stack: e.stack ? scrub(e.stack, secrets) : undefined, ...(typeof exitCode === 'number' ? { exitCode } : {}) });
     return EXIT.failed;
   }
 }

@@ -6,6 +6,7 @@ import { ConfigError, type ConfigProblem } from '../errors.js';
 import type { PluginRegistry } from '../plugins/registry.js';
 import { applyOverrides, parseOverride, pluginDefaults, type Override } from './overrides.js';
 import { checkSweepStages, SweepSchema } from '../sweep/schema.js';
+import { ANY_HOST, ResourcesSchema, RetrySchema } from './stage-placement.js';
 import { keysAt, objectDefaults } from './schema-keys.js';
 import { didYouMean } from './suggest.js';
 import { YamlSource } from './yaml-source.js';
@@ -16,7 +17,9 @@ export const StageSchema = z
   .object({
     plugin: z.string().describe('name of the plugin that runs this stage'),
     needs: z.array(z.string()).default([]).describe('stages whose outputs this stage reads'),
-    host: z.string().default('local').describe('host from the project inventory that runs it'),
+    host: z.string().optional().describe(`host or host group of the project inventory that runs it (default: local; '${ANY_HOST}' when resources are declared)`),
+    resources: ResourcesSchema.optional().describe('what the host must offer; without host, the scheduler picks a free host that has it'),
+    retry: RetrySchema.optional().describe('retries after a crash, a lost host or a preemption, resuming from the latest checkpoint'),
     description: z.string().optional(),
     with: z.record(z.string(), z.unknown()).default({}).describe("the plugin's configuration"),
   })
@@ -243,6 +246,7 @@ export function loadExperiment(file: string, options: LoadOptions): LoadedExperi
     for (const ref of stageReferences(stage.with)) {
       if (!stage.needs.includes(ref)) problems.push({ path: at('with'), message: `refers to \${stages.${ref}…} but '${ref}' is not in needs: add it to needs` });
     }
+    stage.host ??= stage.resources ? ANY_HOST : 'local';
     if (!hosts.has(stage.host)) {
       problems.push({ path: at('host'), message: `unknown host '${stage.host}'${didYouMean(stage.host, hosts)} (hosts: ${[...hosts].join(', ')}; define hosts in the project config)` });
     }

@@ -6,11 +6,15 @@ import { MinidalleError } from '../errors.js';
 import { decodeEvent, type StageSpec } from './protocol.js';
 import type { Executor, StageIO, StageProcess } from './types.js';
 
+/** The minidalle package's folder (the one holding package.json, src/ and dist/). */
+export function packageRoot(): string {
+  const here = fileURLToPath(import.meta.url);
+  return here.slice(0, here.lastIndexOf('/src/core/executors/')).replace(/\/dist$/, '');
+}
+
 /** The compiled CLI that runs workers (`dist/src/cli.js`), also when the orchestrator itself runs from sources in tests. */
 export function workerEntry(): string {
-  const here = fileURLToPath(import.meta.url);
-  const root = here.slice(0, here.lastIndexOf('/src/core/executors/')).replace(/\/dist$/, '');
-  const entry = `${root}/dist/src/cli.js`;
+  const entry = `${packageRoot()}/dist/src/cli.js`;
   if (!existsSync(entry)) throw new MinidalleError(`${entry} is missing: run \`npm run build\``);
   return entry;
 }

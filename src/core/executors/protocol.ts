@@ -21,6 +21,11 @@ export interface StageSpec {
   pluginPackages: string[];
   /** The experiment's `observers:` entries that watch this stage: plugin name and validated `with:`. */
   observers: { plugin: string; config: Record<string, unknown> }[];
+  /**
+   * Environment the worker adds to its own before anything runs: how a remote worker receives the
+   * orchestrator's secrets (on stdin, like the rest of the spec) and its host's `env`.
+   */
+  env?: Record<string, string>;
 }
 
 export type WorkerEvent =
@@ -29,7 +34,7 @@ export type WorkerEvent =
   | { type: 'progress'; op: 'end' }
   | { type: 'meta'; values: Record<string, unknown> }
   | { type: 'result'; artifacts: Record<string, string>; stopped: boolean }
-  | { type: 'error'; message: string; stack?: string };
+  | { type: 'error'; message: string; stack?: string; exitCode?: number };
 
 /** Worker exit codes. */
 export const EXIT = { finished: 0, failed: 1, stopped: 3 } as const;

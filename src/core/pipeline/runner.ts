@@ -1,9 +1,11 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFile, rename, writeFile } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
 import type { LoadedExperiment, StageConfig } from '../config/experiment.js';
 import type { ProjectConfig } from '../config/project.js';
 import { EXIT, type StageSpec } from '../executors/protocol.js';
-import type { Executor, StageProcess } from '../executors/types.js';
+import { Placer } from '../executors/placement.js';
+import type { Executor, StageIO, StageProcess } from '../executors/types.js';
 import { gitState, hostName, versions } from '../meta.js';
 import type { StageOutputs } from '../plugins/types.js';
 import type { ProgressBoard } from '../progress.js';
@@ -20,6 +22,7 @@ import {
   type RunStatus,
 } from '../runs/index.js';
 import { configSecretValues, consoleSecrets, scrub } from '../secrets.js';
+import { startReplicas } from '../tracking/index.js';
 import { stageFingerprints } from './fingerprint.js';
 import { resolveStageRefs } from './resolve-refs.js';
 
@@ -54,6 +57,36 @@ export interface RunPipelineOptions {
   lockPollMs?: number;
   /** More run.json meta for the pipeline run and each stage run it starts (a sweep member's `sweep: { id, member, parameters }`). */
   meta?: Record<string, unknown>;
+}
+
+/** Waits `ms`, or less when `stop()` turns true. */
+async function pause(ms: number, stop: () => boolean): Promise<void> {
+  for (const end = Date.now() + ms; Date.now() < end && !stop(); ) await new Promise((r) => setTimeout(r, Math.min(100, end - Date.now())));
+}
+
+/**
+ * Before a retry resumes from checkpoint `step`, history lines after it go: the retry logs those steps again,
+ * so the history keeps every step once. No checkpoint: the retry starts at step 0 and the history is emptied.
+ */
+async function truncateHistory(runDir: string, step: number | undefined): Promise<void> {
+  const file = join(runDir, 'history.jsonl');
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch {
+    return;
+  }
+  const kept = text.split('\n').filter((l) => {
+    if (!l.trim()) return false;
+    try {
+      const s = (JSON.parse(l) as { _step?: unknown })._step;
+      return step !== undefined && typeof s === 'number' && s <= step;
+    } catch {
+      return false; // a line cut by the crash
+    }
+  });
+  await writeFile(`${file}.tmp`, kept.map((l) => `${l}\n`).join(''));
+  await rename(`${file}.tmp`, file);
 }
 
 /** Lines the worker's logger.warn writes to stderr start with this. */
@@ -151,7 +184,8 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
   const fingerprints = stageFingerprints(loaded);
   const outcomes = new Map<string, StageOutcome>();
   const outputs: Record<string, StageOutputs> = {};
-  const running = new Map<string, { proc: StageProcess; done: Promise<void> }>();
+  const running = new Map<string, { proc: Pick<StageProcess, 'stop'>; done: Promise<void> }>();
+  const placer = new Placer(project);
   /** Stages between "may start" and "worker started" (waiting for a lock, verifying, creating the run). */
   const launching = new Map<string, Promise<void>>();
   const maxParallel = options.maxParallel ?? exp.max_parallel ?? project.max_parallel;
@@ -199,7 +233,7 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
     }
   };
 
-  const startStage = async (name: string): Promise<void> => {
+  const startStage = async (name: string, host: string): Promise<void> => {
     const stage = exp.stages[name]!;
     const fingerprint = fingerprints[name]!;
     let lock: FingerprintLock | undefined;
@@ -209,23 +243,28 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
       if (!(err instanceof StageBlocked)) throw err;
       board.line(`${name}: not started: ${err.message}`);
       outcomes.set(name, { stage: name, status: 'skipped', reason: err.message });
+      placer.release(host);
       return;
     }
     if (!lock) {
       outcomes.set(name, { stage: name, status: 'skipped', reason: 'the pipeline was stopped' });
       board.line(`${name}: skipped (the pipeline was stopped)`);
+      placer.release(host);
       return;
     }
     let handedOver = false;
     try {
-      handedOver = await launch(name, stage, fingerprint, lock);
+      handedOver = await launch(name, stage, fingerprint, lock, host);
     } finally {
-      if (!handedOver) lock.release();
+      if (!handedOver) {
+        lock.release();
+        placer.release(host);
+      }
     }
   };
 
   /** Reuses, or starts a worker for, one stage while holding its lock; true when a worker now owns the lock. */
-  const launch = async (name: string, stage: StageConfig, fingerprint: string, lock: FingerprintLock): Promise<boolean> => {
+  const launch = async (name: string, stage: StageConfig, fingerprint: string, lock: FingerprintLock, host: string): Promise<boolean> => {
     if (!forced(name)) {
       const reusable = await store.findReusable(fingerprint);
       if (reusable) {
@@ -245,6 +284,14 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
         return false;
       }
     }
+    // A previous orchestrator died while a detached remote worker ran this stage: follow that worker again.
+    const adoption = forced(name) ? undefined : await findOrphan(fingerprint);
+    if (adoption) {
+      placer.release(host);
+      host = adoption.record.host;
+      placer.claim(host);
+      return start(name, stage, lock, host, store.handle(adoption.record), adoption.attach);
+    }
     // --rerun means from scratch: neither reuse a finished run nor resume an interrupted one.
     const point = forced(name) ? { unusable: [] } : await store.resumePoint(fingerprint, warnFor(name));
     const resumable = point.run;
@@ -253,7 +300,6 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
       if (!ownerGone(r, me)) continue;
       await store.handle(r).checkpoints({ onWarning: warnFor(name) }).removeLeftovers();
     }
-    const inputs = Object.fromEntries(stage.needs.map((n) => [n, outputs[n]!]));
     const run: RunHandle = await store.create(
       {
         name: `${exp.name}/${name}`,
@@ -270,12 +316,40 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
       { ...stage, seed: exp.seed },
     );
     const pluginVersion = loaded.pluginVersions[stage.plugin];
-    await run.update({ host: stage.host, started_at: new Date().toISOString(), meta: { ...commonMeta, ...(pluginVersion === undefined ? {} : { plugin_version: pluginVersion }) } });
+    await run.update({ host, started_at: new Date().toISOString(), meta: { ...commonMeta, ...(pluginVersion === undefined ? {} : { plugin_version: pluginVersion }) } });
     const from = point.checkpoint ? ` (step ${point.checkpoint.step}${point.checkpoint.runId === resumable?.id ? '' : ` of run ${point.checkpoint.runId}`})` : '';
-    board.line(`${name}: run ${run.id} (${stage.plugin} on ${stage.host})${resumable ? `, resuming from run ${resumable.id} (${resumable.status})${from}` : ''}`);
+    board.line(`${name}: run ${run.id} (${stage.plugin} on ${host})${resumable ? `, resuming from run ${resumable.id} (${resumable.status})${from}` : ''}`);
     if (!resumable && point.unusable.length > 0) {
       board.line(`${name}: no usable checkpoint: starting from step 0 (every checkpoint of run ${point.unusable.map((r) => r.id).join(', ')} fails its check; see the warnings above)`);
     }
+    return start(name, stage, lock, host, run);
+  };
+
+  /** A crashed run of this fingerprint whose orchestrator died while its remote worker may still run, with a way to follow it. */
+  const findOrphan = async (fingerprint: string) => {
+    for (const record of await store.list()) {
+      if (record.kind !== 'stage' || record.fingerprint !== fingerprint || record.status !== 'crashed') continue;
+      if (!record.error?.startsWith('owner process') || !existsSync(join(store.root, record.id, 'remote.json'))) continue;
+      const attach = await options.executors[record.host]?.attach?.(join(store.root, record.id)).catch(() => undefined);
+      if (attach) return { record, attach };
+    }
+    return undefined;
+  };
+
+  /** Runs a stage's attempts on a created (or adopted) run; true once a worker owns the lock. */
+  const start = async (
+    name: string,
+    stage: StageConfig,
+    lock: FingerprintLock,
+    host: string,
+    run: RunHandle,
+    adopted?: (io: StageIO) => StageProcess,
+  ): Promise<boolean> => {
+    if (adopted) {
+      await run.update({ status: 'running', pid: process.pid, owner_host: me, ended_at: undefined, error: undefined });
+      board.line(`${name}: re-attaching to run ${run.id} on ${host} (its orchestrator ended while the worker ran)`);
+    }
+    const inputs = Object.fromEntries(stage.needs.map((n) => [n, outputs[n]!]));
     const output = run.output();
     let config: Record<string, unknown>;
     try {
@@ -288,6 +362,8 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
       outcomes.set(name, { stage: name, status: 'failed', runId: run.id, error });
       return false;
     }
+    // W&B and other replicas follow the run's files from here (so a crashed worker's last lines still go out).
+    const replicas = startReplicas({ runsDir: store.root, runId: run.id, tracking: exp.tracking, secrets: store.secrets, log: (m) => board.line(`${name}: ${m}`) });
     const spec: StageSpec = {
       runId: run.id,
       runsDir: project.runsDir,
@@ -300,65 +376,110 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
       pluginPackages: project.plugins,
       observers: exp.observers.filter((o) => o.stages?.includes(name) ?? true).map((o) => ({ plugin: o.plugin, config: o.with })),
     };
-    const executor = options.executors[stage.host];
-    if (!executor) throw new Error(`no executor for host '${stage.host}'`);
-    let result: { artifacts: Record<string, string>; stopped: boolean } | undefined;
-    let error: string | undefined;
-    const proc = executor.start(spec, {
-      onEvent: (e) => {
-        if (e.type === 'progress') {
-          if (e.op === 'start') board.start(name, e.total, e.unit, e.done);
-          else if (e.op === 'tick') board.tick(name, e.n);
-          else board.end(name);
-        } else if (e.type === 'meta') void run.update({ meta: e.values });
-        else if (e.type === 'result') result = e;
-        else if (e.type === 'error') {
-          error = e.message;
-          if (e.stack) output.line(e.stack, 'stderr');
-        }
-      },
-      onOutput: (line, stream) => {
-        // The worker's logger.warn lines are warnings, not errors, in output.log.
-        output.line(line, stream === 'stderr' && line.startsWith(WARNING_PREFIX) ? 'warning' : stream);
-        board.line(`[${name}] ${scrub(line, secrets)}`);
-      },
-    });
-    await run.update({ meta: { worker_pid: proc.pid } });
-    if (stopping) proc.stop(options.kill?.aborted ?? false); // a Ctrl-C that came while the worker was starting
-    const done = proc.exited.then(async ({ code, signal }) => {
-      try {
-        board.end(name);
-        let status: Exclude<RunStatus, 'running'>;
-        if (code === EXIT.finished && result && !result.stopped) status = 'finished';
-        else if (code === EXIT.stopped || result?.stopped) status = 'stopped';
-        else if (code === EXIT.failed) status = 'failed';
-        else status = 'crashed';
-        let why = error ?? (status === 'crashed' ? `worker exited with ${signal ? `signal ${signal}` : `code ${code}`}` : undefined);
-        if (status === 'finished') {
-          // What a later run reuses is vouched for by size and sha256 from now on.
-          try {
-            await writeArtifactManifest(run.dir, result!.artifacts);
-          } catch (err) {
-            if (!(err instanceof ArtifactError)) throw err;
-            status = 'failed';
-            why = err.message;
+    const retry = stage.retry ?? { max: 0, backoff: 0, on_exit_codes: [] };
+    /** The attempt running now (a retry replaces it). */
+    let current: StageProcess | undefined;
+    const attemptOnce = async (at: string, attempt: number, follow?: (io: StageIO) => StageProcess) => {
+      const executor = options.executors[at];
+      if (!executor) throw new Error(`no executor for host '${at}'`);
+      let result: { artifacts: Record<string, string>; stopped: boolean } | undefined;
+      let error: string | undefined;
+      let errorExit: number | undefined;
+      const io: StageIO = {
+        onEvent: (e) => {
+          if (e.type === 'progress') {
+            if (e.op === 'start') board.start(name, e.total, e.unit, e.done);
+            else if (e.op === 'tick') board.tick(name, e.n);
+            else board.end(name);
+          } else if (e.type === 'meta') void run.update({ meta: e.values });
+          else if (e.type === 'result') result = e;
+          else if (e.type === 'error') {
+            error = e.message;
+            errorExit = e.exitCode;
+            if (e.stack) output.line(e.stack, 'stderr');
           }
+        },
+        onOutput: (line, stream) => {
+          // The worker's logger.warn lines are warnings, not errors, in output.log.
+          output.line(line, stream === 'stderr' && line.startsWith(WARNING_PREFIX) ? 'warning' : stream);
+          board.line(`[${name}] ${scrub(line, secrets)}`);
+        },
+      };
+      const proc = follow ? follow(io) : executor.start(spec, io);
+      current = proc;
+      await run.update({ host: at, meta: { worker_pid: proc.pid, attempts: attempt } });
+      if (stopping) proc.stop(options.kill?.aborted ?? false); // a Ctrl-C that came while the worker was starting
+      const exit = await proc.exited;
+      board.end(name);
+      return { exit, result, error, errorExit };
+    };
+    let attemptHost = host;
+    const done = (async () => {
+      let adoptedProc = adopted;
+      try {
+        for (let attempt = (adopted ? ((await run.read()).meta as { attempts?: number }).attempts ?? 1 : 1); ; attempt++) {
+          const { exit, result, error, errorExit } = await attemptOnce(attemptHost, attempt, adoptedProc);
+          adoptedProc = undefined;
+          const { code, signal } = exit;
+          let status: Exclude<RunStatus, 'running'>;
+          if (code === EXIT.finished && result && !result.stopped) status = 'finished';
+          else if (code === EXIT.stopped || result?.stopped) status = 'stopped';
+          else if (code === EXIT.failed) status = 'failed';
+          else status = 'crashed';
+          let why = error ?? exit.lost ?? (status === 'crashed' ? `worker exited with ${signal ? `signal ${signal}` : `code ${code}`}` : undefined);
+          const exitCode = errorExit ?? code ?? undefined;
+          const retryable = status === 'crashed' || (status === 'failed' && exitCode !== undefined && retry.on_exit_codes.includes(exitCode));
+          if (retryable && attempt <= retry.max && !stopping) {
+            const wait = retry.backoff * 2 ** (attempt - 1);
+            board.line(`${name}: attempt ${attempt} on ${attemptHost} ${status}: ${scrub(why ?? '', secrets)}; retrying in ${wait} s (${attempt}/${retry.max}), same run ${run.id}`);
+            placer.release(attemptHost);
+            const lostHost = exit.lost ? attemptHost : undefined;
+            attemptHost = '';
+            await pause(wait * 1000, () => stopping);
+            while (!stopping && !(attemptHost = placer.take(name, stage, new Set(lostHost ? [lostHost] : [])) ?? '')) await pause(250, () => stopping);
+            if (!stopping) {
+              const from = await run.checkpoints({ onWarning: warnFor(name) }).latest();
+              await truncateHistory(run.dir, from?.step);
+              board.line(`${name}: attempt ${attempt + 1} on ${attemptHost}, ${from ? `resuming from step ${from.step}${from.runId === run.id ? '' : ` of run ${from.runId}`}` : 'from step 0 (no checkpoint)'}`);
+              continue;
+            }
+            why = `${why}; not retried: the pipeline was stopped`;
+          }
+          if (status === 'finished') {
+            // What a later run reuses is vouched for by size and sha256 from now on.
+            try {
+              await writeArtifactManifest(run.dir, result!.artifacts);
+            } catch (err) {
+              if (!(err instanceof ArtifactError)) throw err;
+              status = 'failed';
+              why = err.message;
+            }
+          }
+          output.close();
+          await run.finish(status, {
+            exit_code: code ?? undefined,
+            error: why,
+            outputs: status === 'finished' ? { artifacts: result!.artifacts } : undefined,
+          });
+          if (status === 'finished') outputs[name] = outputsOf(await run.read(), store);
+          board.line(`${name}: ${status}${why ? `: ${scrub(why, secrets)}` : ''} (run ${run.id})`);
+          outcomes.set(name, { stage: name, status, runId: run.id, error: why });
+          return;
         }
+      } catch (err) {
+        const why = scrub((err as Error).message ?? String(err), secrets);
         output.close();
-        await run.finish(status, {
-          exit_code: code ?? undefined,
-          error: why,
-          outputs: status === 'finished' ? { artifacts: result!.artifacts } : undefined,
-        });
-        if (status === 'finished') outputs[name] = outputsOf(await run.read(), store);
-        board.line(`${name}: ${status}${why ? `: ${scrub(why, secrets)}` : ''} (run ${run.id})`);
-        outcomes.set(name, { stage: name, status, runId: run.id, error: why });
+        await run.finish('failed', { error: why }).catch(() => undefined);
+        board.line(`${name}: failed: ${why} (run ${run.id})`);
+        outcomes.set(name, { stage: name, status: 'failed', runId: run.id, error: why });
       } finally {
+        await replicas.stop();
+        if (attemptHost) placer.release(attemptHost);
         lock.release();
         running.delete(name);
       }
-    });
-    running.set(name, { proc, done });
+    })();
+    running.set(name, { proc: { stop: (force) => current?.stop(force) }, done });
     return true;
   };
 
@@ -376,8 +497,19 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
         continue;
       }
       if (running.size + launching.size >= maxParallel || !needs.every((n) => outcomes.has(n))) continue;
+      let host: string | undefined;
+      try {
+        host = placer.take(name, exp.stages[name]!);
+      } catch (err) {
+        const reason = (err as Error).message;
+        outcomes.set(name, { stage: name, status: 'skipped', reason });
+        board.line(`${name}: not started: ${reason}`);
+        pending.splice(pending.indexOf(name), 1);
+        continue;
+      }
+      if (host === undefined) continue; // every host it may use is busy: wait for one
       pending.splice(pending.indexOf(name), 1);
-      const task = startStage(name)
+      const task = startStage(name, host)
         .catch((err: unknown) => {
           const error = scrub((err as Error).message ?? String(err), secrets);
           board.line(`${name}: failed to start: ${error}`);
