@@ -28,9 +28,3 @@ export async function convertCommand(args: ConvertCommandArgs): Promise<void> {
   for (const line of formatConvertReport(report)) log(line);
 }
 
-/** The command that converts `path` (what a loader handed a checkpoint file says to run). */
-export function convertCommandFor(path: string, kind?: string): string {
-  const q = (s: string): string => (/^[\w./@:+-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`);
-  const stem = path.replace(/\/+$/, '').replace(/\.(ckpt|bin|pt|pth|msgpack|json)$/, '').replace(/\.index$/, '');
-  return `minidalle convert ${q(path)} --to ${q(`${stem}-minidalle`)}${kind ? ` --kind ${kind}` : ''}`;
-}

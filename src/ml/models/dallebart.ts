@@ -33,6 +33,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { z } from 'zod';
+import { convertHint, convertProblem } from '../checkpoints/hint.js';
 import { BartConfigSchema, readHfConfig, writeHfConfig, type BartConfig } from '../hf-config.js';
 import {
   attention,
@@ -765,8 +766,9 @@ export function openHfCheckpoint(dir: string): HfCheckpoint {
     return { dir, tensors };
   }
   if (!existsSync(index)) {
-    const bin = existsSync(join(dir, 'pytorch_model.bin')) ? ' (it has pytorch_model.bin: convert it to safetensors first, e.g. with transformers `save_pretrained(..., safe_serialization=True)`)' : '';
-    throw new HfCheckpointError(dir, `no ${DALLEBART_WEIGHTS_FILE} and no ${DALLEBART_WEIGHTS_INDEX}${bin}`);
+    const problem = convertProblem(dir);
+    if (problem) throw new HfCheckpointError(dir, problem);
+    throw new HfCheckpointError(dir, `no ${DALLEBART_WEIGHTS_FILE} and no ${DALLEBART_WEIGHTS_INDEX}`);
   }
   let weightMap: Record<string, unknown>;
   try {
@@ -838,6 +840,10 @@ export function readDalleBartConfig(dir: string): DalleBartConfig {
  * `model.shared` are accepted and skipped. `overrides` may change the dropout rates.
  */
 export async function loadDalleBart(dir: string, overrides: Partial<Pick<DalleBartConfig, 'dropout' | 'attention_dropout' | 'activation_dropout'>> = {}): Promise<DalleBart> {
+  if (!existsSync(join(dir, DALLEBART_CONFIG_FILE))) {
+    const hint = convertHint(dir);
+    if (hint) throw new DalleBartError(hint);
+  }
   const config = resolveDalleBartConfig({ ...readDalleBartConfig(dir), ...overrides });
   const ckpt = openHfCheckpoint(dir);
   const aliases = tiedAliases(config);

@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
+import { convertHint } from '../checkpoints/hint.js';
 import { readHfConfig, VqganConfigSchema, writeHfConfig } from '../hf-config.js';
 import { stopGradient, straightThrough } from '../kernels/ops.js';
 import { conv2d, groupNorm, resnetBlock, swish, upsampleNearest2x, type TrainFlags } from '../nn.js';
@@ -407,7 +408,7 @@ export function readVqganConfig(dir: string): VqganModelConfig {
  */
 export async function loadVqgan(dir: string, overrides: Partial<Pick<VqganModelConfig, 'dropout'>> = {}): Promise<Vqgan> {
   const weights = join(dir, VQGAN_WEIGHTS_FILE);
-  if (!existsSync(weights)) throw new VqganError(`${dir}: no ${VQGAN_WEIGHTS_FILE} (a VQGAN folder holds ${VQGAN_CONFIG_FILE} + ${VQGAN_WEIGHTS_FILE})`);
+  if (!existsSync(weights)) throw new VqganError(convertHint(dir) ?? `${dir}: no ${VQGAN_WEIGHTS_FILE} (a VQGAN folder holds ${VQGAN_CONFIG_FILE} + ${VQGAN_WEIGHTS_FILE})`);
   const config = { ...readVqganConfig(dir), ...overrides };
   const model = Vqgan.create(config, 0);
   try {
