@@ -100,7 +100,11 @@ export function parameterKeyProblem(key: string): string {
 export const SweepSchema = z
   .object({
     method: z.enum(['grid', 'random']).default('grid').describe('grid: every combination of the values; random: `count` draws from the distributions'),
-    parameters: z.record(z.string(), z.unknown()).describe('override path → values, distribution or expression'),
+    parameters: z
+      .record(z.string(), z.unknown(), {
+        error: (iss) => (iss.input === undefined ? 'a sweep needs parameters: (override path → values, distribution or expression)' : 'expected a mapping of override paths (stages.vqgan.with.lr: …)'),
+      })
+      .describe('override path → values, distribution or expression'),
     count: z.number().int().positive().optional().describe('members of a random sweep'),
     seed: z.number().int().nonnegative().optional().describe('seed of a random sweep (default: the experiment seed)'),
     metric: SweepMetricSchema.optional().describe('what `minidalle sweep <id>` ranks by'),

@@ -1,0 +1,158 @@
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { formatSweep } from '../../src/commands/sweep.js';
+import { loadExperiment } from '../../src/core/config/experiment.js';
+import { loadProjectConfig } from '../../src/core/config/project.js';
+import { LocalExecutor } from '../../src/core/executors/local.js';
+import { PluginRegistry } from '../../src/core/plugins/registry.js';
+import type { Plugin } from '../../src/core/plugins/types.js';
+import { ProgressBoard } from '../../src/core/progress.js';
+import { RunStore, type RunRecord } from '../../src/core/runs/index.js';
+import { planSweep, type SweepArguments } from '../../src/core/sweep/plan.js';
+import { SweepStore } from '../../src/core/sweep/record.js';
+import { rankSweep } from '../../src/core/sweep/results.js';
+import { runSweep, type RunSweepOptions } from '../../src/core/sweep/run.js';
+import { cli, FIXTURE_PLUGINS, ROOT } from '../support/cli.js';
+
+const QUADRATIC = join(ROOT, 'tests/fixtures/plugins/sweep-quadratic.mjs');
+
+async function setup(yaml: string) {
+  const dir = mkdtempSync(join(tmpdir(), 'minidalle-sweep-'));
+  writeFileSync(join(dir, 'minidalle.config.json'), JSON.stringify({ runs_dir: 'runs', plugins: [FIXTURE_PLUGINS, QUADRATIC] }));
+  writeFileSync(join(dir, 'e.yaml'), yaml);
+  const project = await loadProjectConfig(dir);
+  const registry = new PluginRegistry();
+  for (const file of [FIXTURE_PLUGINS, QUADRATIC]) {
+    for (const p of (await import(file)).default as Plugin[]) registry.add(p, file);
+  }
+  const lines: string[] = [];
+  const board = new ProgressBoard({ write: (s: string) => (lines.push(s), true) });
+  const sweep = async (args: SweepArguments = {}, extra: Partial<RunSweepOptions> = {}) => {
+    const base = loadExperiment(join(dir, 'e.yaml'), { registry, projectDir: dir });
+    const plan = planSweep(base, args, { registry, overrides: [], projectDir: dir });
+    return runSweep(plan, { project, executors: { local: new LocalExecutor() }, board, lockPollMs: 20, ...extra });
+  };
+  const runs = async (): Promise<RunRecord[]> => new RunStore(project.runsDir).list();
+  return { dir, project, sweep, runs, lines };
+}
+
+const EXPERIMENT = `name: q
+stages:
+  data: { plugin: counter, with: { steps: 3 } }
+  fit:
+    plugin: quadratic
+    needs: [data]
+    with: { upstream: "\${stages.data.artifacts.result}", steps: 2 }
+`;
+
+describe('running sweeps', () => {
+  it('a 2 × 3 grid runs 6 members with the right values; the shared data stage runs once although members run 3 at once', async () => {
+    const { sweep, runs, project, lines } = await setup(EXPERIMENT);
+    const result = await sweep({ sweep: ['stages.fit.with.y=0,-1', 'stages.fit.with.x=1,2,3'], parallel: 3 });
+    expect(result.status).toBe('finished');
+    const all = await runs();
+    const data = all.filter((r) => r.stage === 'data');
+    expect(data).toHaveLength(1);
+    const fits = all.filter((r) => r.stage === 'fit');
+    expect(fits).toHaveLength(6);
+    // The members that started while the data stage ran waited for it and reused it.
+    expect(lines.join('')).toMatch(/data: waiting for pid \d+/);
+    expect(lines.join('').match(/data: reusing run/g)!.length).toBe(5);
+    const record = await new SweepStore(project.runsDir).read(result.id);
+    expect(record.members.map((m) => m.status)).toEqual(Array(6).fill('finished'));
+    const expected = [0, -1].flatMap((y) => [1, 2, 3].map((x) => ({ 'stages.fit.with.y': y, 'stages.fit.with.x': x })));
+    expect(record.members.map((m) => m.parameters)).toEqual(expected);
+    for (const m of record.members) {
+      expect(m.stage_runs.data).toBe(data[0]!.id);
+      const fit = fits.find((r) => r.id === m.stage_runs.fit)!;
+      // Each member's values are in its run: the resolved config, and run.json's sweep meta.
+      const config = readFileSync(join(project.runsDir, fit.id, 'config.yaml'), 'utf8');
+      expect(config).toMatch(new RegExp(`\\n  x: ${m.parameters['stages.fit.with.x']}\\n`));
+      expect(config).toMatch(new RegExp(`\\n  y: ${m.parameters['stages.fit.with.y']}\\n`));
+      expect(fit.meta.sweep).toEqual({ id: record.id, member: m.index, parameters: m.parameters });
+      const pipeline = all.find((r) => r.id === m.pipeline_runs[0])!;
+      expect(pipeline.kind).toBe('pipeline');
+      expect(pipeline.meta.sweep).toEqual({ id: record.id, member: m.index, parameters: m.parameters });
+    }
+    // Ranked by the key metric (loss, minimize): (x - 3)² + (y + 1)² + 1/2; ties keep member order.
+    const ranked = rankSweep(record, new RunStore(project.runsDir));
+    expect(ranked.metric).toMatchObject({ name: 'loss', goal: 'minimize', stage: 'fit' });
+    expect(ranked.members.map((m) => [m.parameters['stages.fit.with.x'], m.parameters['stages.fit.with.y'], m.value])).toEqual([
+      [3, -1, 0.5], [3, 0, 1.5], [2, -1, 1.5], [2, 0, 2.5], [1, -1, 4.5], [1, 0, 5.5],
+    ]);
+  }, 60_000);
+
+  it('stopped part-way, the same sweep run again finishes only the missing members', async () => {
+    const { sweep, runs, project } = await setup(EXPERIMENT);
+    const stop = new AbortController();
+    const args = { sweep: ['stages.fit.with.x=1,2,3', 'stages.fit.with.y=0,-1'] };
+    const first = await sweep(args, { signal: stop.signal, onMemberEnd: (m) => m.index === 1 && stop.abort() });
+    expect(first.status).toBe('stopped');
+    expect(first.ran).toEqual([0, 1]);
+    expect(first.record.members.map((m) => m.status)).toEqual(['finished', 'finished', 'pending', 'pending', 'pending', 'pending']);
+    expect((await runs()).filter((r) => r.stage === 'fit')).toHaveLength(2);
+
+    const second = await sweep(args);
+    expect(second.id).toBe(first.id); // the same sweep, continued
+    expect(second.ran).toEqual([2, 3, 4, 5]);
+    expect(second.status).toBe('finished');
+    const all = await runs();
+    expect(all.filter((r) => r.stage === 'fit')).toHaveLength(6);
+    expect(all.filter((r) => r.stage === 'data')).toHaveLength(1);
+    expect(all.filter((r) => r.kind === 'pipeline')).toHaveLength(6); // members 0 and 1 did not run again
+    const third = await sweep(args);
+    expect(third.ran).toEqual([]);
+    expect(await new SweepStore(project.runsDir).list()).toHaveLength(1);
+  }, 60_000);
+
+  it('early stopping by the median rule stops a member that trails the median at the step', async () => {
+    const yaml = `${EXPERIMENT.replace('steps: 2 }', 'steps: 150, delay_ms: 20 }')}sweep:
+  parameters:
+    stages.fit.with.x: [3, 2.5, 3.5, 0]
+  metric: { name: loss, goal: minimize, stage: fit }
+  max_parallel: 3
+  early_stop: { step: 2, min_members: 3 }
+`;
+    const { sweep, runs, project } = await setup(yaml);
+    const result = await sweep({}, { earlyStopPollMs: 50 });
+    const [m0, m1, m2, m3] = result.record.members;
+    expect([m0!.status, m1!.status, m2!.status]).toEqual(['finished', 'finished', 'finished']);
+    expect(m3!.status).toBe('early_stopped');
+    // loss at step 2 = (x - 3)² + 0.5 + 1: members 0–2 give 1.5, 1.75, 1.75 (median 1.75); member 3 gives 10.5.
+    expect(m3!.early_stop).toEqual({ step: 2, value: 10.5, median: 1.75, over: [0, 1, 2], stopped: true });
+    const fit = (await runs()).find((r) => r.id === m3!.stage_runs.fit)!;
+    expect(fit.status).toBe('stopped');
+    expect(result.status).toBe('finished'); // an early-stopped member is done
+    const table = formatSweep(result.record, rankSweep(result.record, new RunStore(project.runsDir)));
+    expect(table).toContain('early stopped (median rule):');
+  }, 60_000);
+
+  it('minidalle run --sweep and minidalle sweep <id> rank by the metric and goal; --plot writes a PNG', async () => {
+    const yaml = `${EXPERIMENT}sweep:
+  parameters:
+    stages.fit.with.x: [1, 5, 3]
+  metric: { name: loss, goal: maximize }
+`;
+    const { dir } = await setup(yaml);
+    const run = cli(dir, ['run', 'e.yaml']);
+    expect(run.code, run.stderr).toBe(0);
+    const id = /sweep (\w+) \(q\): grid, 3 members/.exec(run.stdout)![1]!;
+    const shown = cli(dir, ['sweep', id.slice(0, 9), '--plot', 'plot.png']);
+    expect(shown.code, shown.stderr).toBe(0);
+    const rows = shown.stdout.split('\n').filter((l) => /^\d+\s+\d+\s+finished/.test(l));
+    // maximize: x = 1 and 5 both give (x - 3)² + 1 + 1/2 = 5.5, x = 3 gives 1.5; ties keep member order.
+    expect(rows.map((r) => r.split(/\s+/).slice(0, 5))).toEqual([
+      ['1', '0', 'finished', '5.500', '1'],
+      ['2', '1', 'finished', '5.500', '5'],
+      ['3', '2', 'finished', '1.500', '3'],
+    ]);
+    expect(shown.stdout).toContain('ranked by loss (maximize)');
+    expect(readFileSync(join(dir, 'plot.png')).subarray(1, 4).toString()).toBe('PNG');
+    expect(cli(dir, ['sweep']).stdout).toMatch(new RegExp(`${id}\\s+q\\s+grid\\s+finished\\s+3/3\\s+fit\\.x`));
+    const again = cli(dir, ['run', 'e.yaml']);
+    expect(again.stdout).toContain(`sweep ${id} (q): finished already`);
+    expect(cli(dir, ['run', 'e.yaml', '--rerun']).stderr).toMatch(/--rerun applies to one pipeline, not to a sweep/);
+  }, 60_000);
+});
