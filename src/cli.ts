@@ -227,7 +227,7 @@ export function buildCli(argv: string[]) {
         y
           .positional('source', { type: 'string', demandOption: true, describe: 'checkpoint file, or a folder holding one (HF layout, taming logs/…)' })
           .option('to', { type: 'string', demandOption: true, describe: 'the model folder to write' })
-          .option('kind', { type: 'string', choices: ['vqgan', 'bart'], describe: 'model kind (default: recognised from the tensor names)' })
+          .option('kind', { type: 'string', choices: ['vqgan', 'bart', 'clip'], describe: 'model kind (default: recognised from the tensor names)' })
           .option('dtype', { type: 'string', choices: ['float32', 'float16'], default: 'float32', describe: 'storage dtype of float tensors' })
           .option('config', { type: 'string', describe: 'model config when it is not beside the weights (taming: configs/model.yaml; HF: config.json)' })
           .option('force', { type: 'boolean', default: false, describe: 'replace a model.safetensors already in --to' }),

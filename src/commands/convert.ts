@@ -1,5 +1,5 @@
 /**
- * `minidalle convert <file|folder> --to <dir> [--kind vqgan|bart] [--dtype float32|float16] [--config f]`:
+ * `minidalle convert <file|folder> --to <dir> [--kind vqgan|bart|clip] [--dtype float32|float16] [--config f]`:
  * turns a published checkpoint (taming `.ckpt`, transformers `.bin` / sharded `.bin`, Flax `.msgpack`)
  * into a minidalle model folder and prints what was converted and what was dropped.
  */

@@ -2,7 +2,7 @@
  * Flax checkpoints (`flax.serialization` msgpack: ndarray ext type 1, a chunked array) in vqgan-jax's and
  * transformers' module layouts convert with the right renames and transposes: the VQGAN's weights equal
  * the PyTorch originals bit for bit, and our decode of fixed codes matches its PyTorch-converted twin and
- * the torch.nn.functional reference; the BART's weights equal the PyTorch originals.
+ * the torch.nn.functional reference; the BART's and CLIP's weights equal the PyTorch originals.
  */
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -78,6 +78,21 @@ describe.skipIf(skip !== null)(`Flax msgpack checkpoints → model folders${skip
     expect([...got.keys()].sort()).toEqual([...want.keys()].filter((k) => !tied.has(k)).sort());
     for (const [name, w] of want) {
       if (tied.has(name)) continue;
+      expect(got.get(name)?.shape, name).toEqual(w.shape);
+      expect(Buffer.compare(got.get(name)?.bytes as Buffer, w.bytes), name).toBe(0);
+    }
+  });
+
+  it('a transformers Flax CLIP converts to the PyTorch names and layouts bit for bit (patch conv HWIO → OIHW, scalar logit_scale)', async () => {
+    const out = join(dir, 'out-clip-flax');
+    const r = await convertCheckpoint({ input: join(dir, 'clip-flax'), to: out });
+    expect(r.kind).toBe('clip');
+    const got = safetensorsBytes(join(out, 'model.safetensors'));
+    const want = readReference(dir, 'clip');
+    const buffers = new Set(['text_model.embeddings.position_ids', 'vision_model.embeddings.position_ids']);
+    expect([...got.keys()].sort()).toEqual([...want.keys()].filter((k) => !buffers.has(k)).sort());
+    for (const [name, w] of want) {
+      if (buffers.has(name)) continue;
       expect(got.get(name)?.shape, name).toEqual(w.shape);
       expect(Buffer.compare(got.get(name)?.bytes as Buffer, w.bytes), name).toBe(0);
     }

@@ -13,6 +13,7 @@ import { convertCheckpoint, formatConvertReport } from '../../src/ml/checkpoints
 import { CheckpointMismatchError } from '../../src/ml/checkpoints/maps/common.js';
 import { PickleRefusedError } from '../../src/ml/checkpoints/pickle.js';
 import { ConvertError } from '../../src/ml/checkpoints/sources.js';
+import { loadClip } from '../../src/ml/models/clip.js';
 import { loadDalleBart } from '../../src/ml/models/dallebart.js';
 import { loadVqgan } from '../../src/ml/models/vqgan.js';
 import { makeCheckpoints, readDecodeReference, readReference, safetensorsBytes, torchUnavailable } from './convert-fixtures.js';
@@ -124,6 +125,17 @@ describe.skipIf(skip !== null)(`PyTorch checkpoints → model folders${skip ? ` 
     expect(r.format).toBe('torch-sharded');
     const tied = new Set(['lm_head.weight', 'model.decoder.embed_tokens.weight', 'model.encoder.embed_tokens.weight']);
     expectBitExact(out, 'bart', tied);
+  });
+
+  it('transformers CLIP pytorch_model.bin converts bit for bit (position_ids buffers dropped) and loads', async () => {
+    const out = join(dir, 'out-clip');
+    const r = await convertCheckpoint({ input: join(dir, 'clip'), to: out });
+    expect(r.kind).toBe('clip');
+    expect(r.dropped.map((d) => d.name).sort()).toEqual(['text_model.embeddings.position_ids', 'vision_model.embeddings.position_ids']);
+    expectBitExact(out, 'clip', new Set(['text_model.embeddings.position_ids', 'vision_model.embeddings.position_ids']));
+    const model = await loadClip(out);
+    expect(model.config.vision_config.patch_size).toBe(4);
+    model.dispose();
   });
 
   it('a pickle whose __reduce__ calls os.system is refused, naming the global, and nothing runs', async () => {

@@ -4,10 +4,12 @@
  * names and PyTorch-layout shapes (read from the model file itself, so the two cannot disagree).
  */
 import { BartConfigSchema, parseHfConfig, VqganConfigSchema } from '../hf-config.js';
+import { clipParamSpecs, resolveClipConfig, type ClipConfigInput } from '../models/clip.js';
 import { dalleBartConfigFromHf, dalleBartParamSpecs, torchShapeOf } from '../models/dallebart.js';
 import { resolveVqganConfig, vqganParamShapes, type VqganModelConfig } from '../models/vqgan.js';
 import { findConfig, tamingParams } from './configs.js';
 import { mapFlaxBart, mapTorchBart } from './maps/bart.js';
+import { mapFlaxClip, mapTorchClip } from './maps/clip.js';
 import type { MappedCheckpoint } from './maps/common.js';
 import { mapFlaxVqgan, mapTamingVqgan } from './maps/vqgan.js';
 import { ConvertError, type SourceCheckpoint } from './sources.js';
@@ -92,7 +94,31 @@ export const BART_KIND: ModelKind = {
   },
 };
 
-export const MODEL_KINDS: ModelKind[] = [VQGAN_KIND, BART_KIND];
+export const CLIP_KIND: ModelKind = {
+  name: 'clip',
+  description: 'CLIP (transformers pytorch_model.bin, sharded .bin, flax_model.msgpack)',
+  detect: (names) => names.some((n) => /^text_model[./]/.test(n)) && names.some((n) => /^vision_model[./]/.test(n)),
+  prepare(src, opts) {
+    const found = findConfig(src.file, opts.config, { yaml: false, what: 'CLIP' });
+    if (found.value.model_type !== undefined && found.value.model_type !== 'clip') throw new ConvertError(`${found.file}: model_type "${String(found.value.model_type)}" is not "clip"`);
+    let config;
+    try {
+      config = resolveClipConfig(found.value as ClipConfigInput, found.file);
+    } catch (e) {
+      throw new ConvertError((e as Error).message);
+    }
+    const torchShape = (s: { shape: number[]; kind: string }): number[] =>
+      s.kind === 'linear' ? [s.shape[1] as number, s.shape[0] as number] : s.kind === 'conv2d' ? [s.shape[3], s.shape[2], s.shape[0], s.shape[1]] as number[] : s.shape.slice();
+    return {
+      config: found.value,
+      configFile: found.file,
+      mapped: isFlax(src) ? mapFlaxClip(src.tensors) : mapTorchClip(src.tensors),
+      expected: new Map(clipParamSpecs(config).map((s) => [s.name, torchShape(s)] as [string, number[]])),
+    };
+  },
+};
+
+export const MODEL_KINDS: ModelKind[] = [VQGAN_KIND, BART_KIND, CLIP_KIND];
 
 export function kindByName(name: string): ModelKind {
   const k = MODEL_KINDS.find((m) => m.name === name);
