@@ -117,12 +117,14 @@ function networkCode(err: unknown): string | undefined {
   return undefined;
 }
 
+type RequestBody = NonNullable<RequestInit['body']>;
+
 export interface HttpRequest {
   method: 'GET' | 'POST' | 'PUT';
   url: string;
   headers?: Record<string, string>;
   /** Called per attempt, so a streamed body is opened afresh for every retry. */
-  body?: () => Promise<{ body: BodyInit; length?: number }> | { body: BodyInit; length?: number };
+  body?: () => Promise<{ body: RequestBody; length?: number }> | { body: RequestBody; length?: number };
   /** Short name for messages (`GraphQL UpsertBucket`, `upload media/images/a.png`). */
   what: string;
 }
