@@ -44,6 +44,16 @@ export const ExperimentSchema = z
       .object({
         tags: z.array(z.string()).default([]),
         notes: z.string().optional(),
+        wandb: z
+          .object({
+            project: z.string().min(1).describe('W&B project the stage runs go to'),
+            entity: z.string().min(1).optional().describe("W&B entity (default: WANDB_ENTITY, else the API key's default entity)"),
+            tags: z.array(z.string()).optional().describe('W&B tags (default: tracking.tags)'),
+            notes: z.string().optional().describe('W&B notes (default: tracking.notes)'),
+          })
+          .strict()
+          .optional()
+          .describe('replicate every stage run to W&B (WANDB_API_KEY, WANDB_BASE_URL, WANDB_MODE=offline|disabled)'),
       })
       .strict()
       .default({ tags: [] }),
