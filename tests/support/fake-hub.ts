@@ -94,6 +94,8 @@ export class FakeHub {
   private readonly corrupted = new Set<string>();
   private server!: Server;
   url = '';
+  /** Quote the Authorization header received in 401 error bodies (a careless server), to test scrubbing. */
+  echoAuthorization = false;
 
   private constructor(private readonly options: FakeHubOptions) {}
 
@@ -167,7 +169,7 @@ export class FakeHub {
       const chunks: Buffer[] = [];
       for await (const c of req) chunks.push(c as Buffer);
       const body = Buffer.concat(chunks);
-      if (auth === 'invalid') throw new HttpError(401, 'Invalid credentials in Authorization header');
+      if (auth === 'invalid') throw new HttpError(401, `Invalid credentials in Authorization header${this.echoAuthorization ? ` '${header}'` : ''}`);
       await this.route(req.method ?? 'GET', url, body, auth === 'valid', req, res);
     } catch (err) {
       const e = err instanceof HttpError ? err : new HttpError(500, (err as Error).message);
