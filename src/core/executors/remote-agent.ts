@@ -87,8 +87,8 @@ async function firstLine(): Promise<string> {
   const rl = createInterface({ input: process.stdin });
   return new Promise((res, rej) => {
     rl.once('line', (l) => {
+      res(l); // before close(), whose 'close' event would reject
       rl.close();
-      res(l);
     });
     rl.once('close', () => rej(new Error('no stage on stdin')));
   });

@@ -1,0 +1,42 @@
+/** Projects whose hosts are the test network's namespaces, and the checks the remote tests share. */
+import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ROOT } from '../support/cli.js';
+
+export const REMOTE_PLUGINS = join(ROOT, 'tests/remote/fixtures/remote-plugins.mjs');
+
+export function remoteProject(config: Record<string, unknown>, files: Record<string, string> = {}): string {
+  const dir = mkdtempSync(join(tmpdir(), 'md-remote-project-'));
+  writeFileSync(join(dir, 'minidalle.config.json'), JSON.stringify({ runs_dir: 'runs', plugins: [REMOTE_PLUGINS], ...config }, null, 2));
+  for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
+  return dir;
+}
+
+export interface StageRun {
+  id: string;
+  dir: string;
+  record: Record<string, unknown> & { status: string; host: string; stage?: string; meta: Record<string, unknown> };
+}
+
+export function stageRuns(project: string): StageRun[] {
+  const runs = join(project, 'runs');
+  if (!existsSync(runs)) return [];
+  return readdirSync(runs)
+    .filter((id) => existsSync(join(runs, id, 'run.json')))
+    .map((id) => ({ id, dir: join(runs, id), record: JSON.parse(readFileSync(join(runs, id, 'run.json'), 'utf8')) }))
+    .filter((r) => r.record.kind === 'stage');
+}
+
+export function history(runDir: string): { _step: number; value: number }[] {
+  const file = join(runDir, 'history.jsonl');
+  if (!existsSync(file)) return [];
+  return readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+}
+
+/** Every step from 1 to n exactly once, in order. */
+export function expectSteps(h: { _step: number }[], n: number): void {
+  const steps = h.map((l) => l._step);
+  const want = Array.from({ length: n }, (_, i) => i + 1);
+  if (JSON.stringify(steps) !== JSON.stringify(want)) throw new Error(`history steps ${JSON.stringify(steps)}, expected ${JSON.stringify(want)}`);
+}
