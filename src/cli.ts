@@ -161,12 +161,23 @@ export function buildCli(argv: string[]) {
     )
     .command(
       'compare <runs..>',
-      'compare runs: config differences and final/best metrics side by side',
-      (y) => y.positional('runs', { type: 'string', array: true, demandOption: true }),
+      'compare runs: config differences and final/best metrics side by side; --plot draws their curves as a PNG',
+      (y) =>
+        y
+          .positional('runs', { type: 'string', array: true, demandOption: true })
+          .option('plot', { type: 'string', describe: 'metrics to plot from history.jsonl, comma-separated (e.g. train/loss,eval/loss)' })
+          .option('out', { type: 'string', default: 'compare.png', describe: 'the PNG --plot writes' }),
       async (args) => {
         const { project } = await context();
         const { compareRuns } = await import('./commands/show.js');
         console.log(await compareRuns(project.runsDir, args.runs));
+        if (args.plot !== undefined) {
+          const { comparePlot } = await import('./commands/compare-plot.js');
+          const r = await comparePlot({ runsDir: project.runsDir, runs: args.runs, metrics: [args.plot], out: args.out });
+          for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`);
+          const metrics = [...new Set(r.series.map((s) => s.metric))].map((m) => `${m}: ${r.series.filter((s) => s.metric === m).length} runs`);
+          console.log(`plot: ${r.out} (${metrics.join(', ')})`);
+        }
       },
     )
     .command(
