@@ -16,6 +16,7 @@ import { ConvertError } from '../../src/ml/checkpoints/sources.js';
 import { loadClip } from '../../src/ml/models/clip.js';
 import { loadDalleBart } from '../../src/ml/models/dallebart.js';
 import { loadVqgan } from '../../src/ml/models/vqgan.js';
+import { cli } from '../support/cli.js';
 import { makeCheckpoints, readDecodeReference, readReference, safetensorsBytes, torchUnavailable } from './convert-fixtures.js';
 import { useCpu } from './helpers.js';
 
@@ -74,6 +75,7 @@ describe.skipIf(skip !== null)(`PyTorch checkpoints → model folders${skip ? ` 
     const text = formatConvertReport(r).join('\n');
     expect(text).toContain('PatchGAN discriminator (training loss) (2)');
     expect(text).toContain('global_step=1234');
+    expect(text).toMatch(/also in the file \(not converted\): .*hyper_parameters, optimizer_states/);
     expectBitExact(out, 'vqgan');
     expect(await decodeMaxError(out)).toBeLessThan(1e-5);
   });
@@ -174,6 +176,20 @@ describe.skipIf(skip !== null)(`PyTorch checkpoints → model folders${skip ? ` 
     await convertCheckpoint({ input: input as string, to: to as string });
     const model = await loadDalleBart(to as string);
     model.dispose();
+  });
+
+  it('minidalle convert prints what it converted and dropped; a refused pickle exits 1 with the reason', () => {
+    const ok = cli(dir, ['convert', 'vqgan/checkpoints/last.ckpt', '--to', 'cli-vqgan', '--dtype', 'float16']);
+    expect(ok.stderr).toBe('');
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toContain(`converted ${join('vqgan', 'checkpoints', 'last.ckpt')} (torch-zip, state_dict) as vqgan → ${join(dir, 'cli-vqgan')}`);
+    expect(ok.stdout).toMatch(/\d+ tensors written as F16/);
+    expect(ok.stdout).toContain('dropped 4 tensor(s):');
+    expect(safetensorsBytes(join(dir, 'cli-vqgan', 'model.safetensors')).get('quant_conv.weight')?.dtype).toBe('F16');
+    const bad = cli(dir, ['convert', 'evil/evil.ckpt', '--to', 'cli-evil']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/^error: .*evil\.ckpt:.*data\.pkl: refused to call `(posix|os)\.system`/);
+    expect(existsSync(sideEffect)).toBe(false);
   });
 
   it('refuses to overwrite a model folder, and says what it needs when no config is found', async () => {

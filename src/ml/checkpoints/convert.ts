@@ -10,6 +10,7 @@
  */
 import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
+import { initCompute } from '../backend.js';
 import { writeHfConfig } from '../hf-config.js';
 import { detectKind, kindByName } from './kinds.js';
 import { checkMapped, CheckpointMismatchError, type DroppedTensor } from './maps/common.js';
@@ -61,6 +62,8 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
   const weights = join(out, 'model.safetensors');
   if (existsSync(weights) && !opts.force) throw new ConvertError(`${weights} exists already: pass --force to replace it, or choose another --to`);
   if (resolve(dirname(file)) === out) throw new ConvertError(`--to ${opts.to} is the folder of the source checkpoint: write the converted model to a folder of its own`);
+  // The models' shape maps are read from throwaway parameter trees, which need a tf engine.
+  await initCompute({ selfCheck: false });
   const src = await openSourceCheckpoint(file);
   try {
     const kind = opts.kind ? kindByName(opts.kind) : detectKind(src);

@@ -9,7 +9,8 @@
  *     storage keys) followed by each storage as an int64 element count and its bytes. The pickles are
  *     read piece by piece; the storages are located by their 8-byte headers without reading their data.
  * The pickle is read by the restricted unpickler (pickle.ts): only tensors (`_rebuild_tensor_v2`,
- * `_rebuild_parameter`), storage types and OrderedDict may be called.
+ * `_rebuild_parameter`), storage types, OrderedDict and the inert data Lightning keeps beside the state
+ * dict (argparse.Namespace / AttributeDict hyper-parameters, numpy scalars) are built; nothing else.
  *
  * `readTorchStateDict` finds the state dict: the object itself, or its `state_dict` (Lightning) or
  * `model`/`module` entry, keeping only tensor values; non-tensor entries are reported, not guessed at.
@@ -98,6 +99,15 @@ function torchAllowed(): Map<string, AllowedCall> {
   };
   m.set('torch._utils._rebuild_parameter', param);
   m.set('torch._utils._rebuild_parameter_with_state', param);
+  // Plain data that Lightning checkpoints carry beside the state dict (hyper-parameters, callback
+  // scores): built as inert values, their classes' code never runs.
+  for (const q of ['argparse.Namespace', 'pytorch_lightning.utilities.parsing.AttributeDict', 'lightning_fabric.utilities.data.AttributeDict', 'lightning.fabric.utilities.data.AttributeDict']) {
+    m.set(q, () => new PyDict());
+  }
+  m.set('numpy.dtype', (args) => new NumpyDtype(String(args[0])));
+  const scalar: AllowedCall = (args) => numpyScalar(args[0], args[1]);
+  m.set('numpy.core.multiarray.scalar', scalar);
+  m.set('numpy._core.multiarray.scalar', scalar);
   for (const [name, dtype] of Object.entries(STORAGE_DTYPES)) {
     // named in persistent ids, never called: calling one is refused like any other global
     m.set(`torch.${name}`, () => {
@@ -107,6 +117,27 @@ function torchAllowed(): Map<string, AllowedCall> {
   }
   return m;
 }
+/** numpy.dtype('f8', …) as a pickle builds it; its BUILD state (byte order etc.) is accepted and unused. */
+class NumpyDtype {
+  constructor(readonly code: string) {}
+  setState(): void {}
+}
+
+/** numpy.core.multiarray.scalar(dtype, raw bytes) → the number (floats and integers; others are refused). */
+function numpyScalar(dtype: unknown, bytes: unknown): number | bigint | boolean {
+  if (!(dtype instanceof NumpyDtype) || !(bytes instanceof Uint8Array)) throw new Error('numpy scalar needs a dtype and its bytes');
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  switch (`${dtype.code}:${bytes.length}`) {
+    case 'f8:8': return dv.getFloat64(0, true);
+    case 'f4:4': return dv.getFloat32(0, true);
+    case 'i8:8': return dv.getBigInt64(0, true);
+    case 'i4:4': return dv.getInt32(0, true);
+    case 'u8:8': return dv.getBigUint64(0, true);
+    case 'b1:1': return bytes[0] !== 0;
+    default: throw new Error(`numpy scalar of dtype ${dtype.code} is not supported`);
+  }
+}
+
 const STORAGE_TYPES = new Map<string, StorageType>();
 const TORCH_ALLOWED = torchAllowed();
 
