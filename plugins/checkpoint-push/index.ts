@@ -15,7 +15,7 @@ import { dirname, join } from 'node:path';
 import { folderFiles } from '../../src/core/hub/index.js';
 import { definePlugin, type StageOutputs } from '../../src/core/plugins/types.js';
 import { CheckpointPushConfig } from './config.js';
-import { CheckpointPushError, describePush, modelArtifact, pushToHub, pushToWandb, splitCheckpoint, wandbSettings, type PushRecord } from './push.js';
+import { CheckpointPushError, describePush, modelArtifact, movableVqgan, pushToHub, pushToWandb, splitCheckpoint, wandbSettings, type PushRecord } from './push.js';
 
 const NAME = 'checkpoint-push';
 
@@ -64,10 +64,11 @@ export default definePlugin({
       summary,
     };
     const record: PushRecord = step === undefined ? {} : { step };
+    const vqgan = await movableVqgan(dir);
     if (c.hub) {
-      const total = (await folderFiles(dir)).length + 1;
+      const total = (await folderFiles(dir)).length + vqgan.length + 1;
       ctx.progress.start(total, 'file');
-      const pushed = await pushToHub(c, dir, facts, 'model', { onFileDone: () => ctx.progress.tick(1), signal: ctx.signal });
+      const pushed = await pushToHub(c, dir, facts, 'model', { extraFiles: vqgan, onFileDone: () => ctx.progress.tick(1), signal: ctx.signal });
       ctx.progress.end();
       record.hub = { repo: pushed.repo, commit: pushed.commit, url: pushed.commitUrl, files: pushed.files.length };
       ctx.logger.info(`${NAME}: ${dir} → hf:${pushed.repo}@${pushed.commit} (${pushed.files.length} files${pushed.created ? ', repo created' : ''}${pushed.deleted.length ? `, ${pushed.deleted.length} removed` : ''})`);
@@ -76,7 +77,7 @@ export default definePlugin({
       const settings = wandbSettings(c);
       if ('skipped' in settings) ctx.logger.warn(`${NAME}: ${settings.skipped}`);
       else {
-        record.wandb = await pushToWandb(settings, input.runId, [await modelArtifact(dir, input.runId, step)], ctx.signal);
+        record.wandb = await pushToWandb(settings, input.runId, [await modelArtifact(dir, input.runId, step, vqgan)], ctx.signal);
         ctx.logger.info(`${NAME}: ${dir} → W&B ${settings.entity}/${settings.project}/${record.wandb.map((a) => `${a.name}:${a.version}`).join(', ')}`);
       }
     }

@@ -3,6 +3,7 @@
  * commit with a model card, and W&B artifacts (`model-<runid>`, and `state-<runid>` for a checkpoint).
  * Credentials come from the environment only: HF_TOKEN, WANDB_API_KEY.
  */
+import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { folderFiles, hubSettingsFromEnv, modelCard, pushFolder, type PushResult } from '../../src/core/hub/index.js';
@@ -34,6 +35,17 @@ export function wandbSettings(c: CheckpointPushConfig, env: NodeJS.ProcessEnv = 
   return { baseUrl: baseUrlFrom(env), apiKey, entity, project };
 }
 
+/**
+ * A text → image model folder names its VQGAN by path and digests (vqgan.json); pushed, it carries the VQGAN
+ * itself as `vqgan/` (verified against those digests first), so the pushed model loads on any machine.
+ */
+export async function movableVqgan(dir: string): Promise<{ path: string; localPath: string }[]> {
+  if (!existsSync(join(dir, 'vqgan.json')) || existsSync(join(dir, 'vqgan', 'model.safetensors'))) return [];
+  const { resolveVqgan } = await import('../../src/ml/text2image.js');
+  const vqgan = await resolveVqgan(dir);
+  return ['config.json', 'model.safetensors'].map((f) => ({ path: `vqgan/${f}`, localPath: join(vqgan, f) }));
+}
+
 export interface CardFacts {
   experiment: string;
   stage: string;
@@ -44,16 +56,27 @@ export interface CardFacts {
 }
 
 /** Pushes the files of `dir` (all, or `files`) with a generated README.md as one commit. */
-export async function pushToHub(c: CheckpointPushConfig, dir: string, facts: CardFacts, kind: 'model' | 'checkpoint', o: { files?: string[]; onFileDone?: (p: string) => void; signal?: AbortSignal } = {}): Promise<PushResult> {
+export async function pushToHub(
+  c: CheckpointPushConfig,
+  dir: string,
+  facts: CardFacts,
+  kind: 'model' | 'checkpoint',
+  o: { files?: string[]; extraFiles?: { path: string; localPath: string }[]; onFileDone?: (p: string) => void; signal?: AbortSignal } = {},
+): Promise<PushResult> {
   const settings = hubSettingsFromEnv(process.env, c.hub_url || undefined);
   const paths = o.files ?? (await folderFiles(dir));
-  const files = await Promise.all(paths.map(async (path) => ({ path, size: (await stat(join(dir, path))).size })));
+  const extraFiles = o.extraFiles ?? [];
+  const files = [
+    ...(await Promise.all(paths.map(async (path) => ({ path, size: (await stat(join(dir, path))).size })))),
+    ...(await Promise.all(extraFiles.map(async (f) => ({ path: f.path, size: (await stat(f.localPath)).size })))),
+  ].sort((x, y) => (x.path < y.path ? -1 : 1));
   const card = modelCard({ repo: c.hub, ...facts, kind, files });
   const step = facts.step === undefined ? '' : `, step ${facts.step}`;
   return pushFolder({
     repo: c.hub,
     dir,
     files: paths,
+    extraFiles,
     extra: { 'README.md': card },
     title: `minidalle: ${kind === 'checkpoint' ? 'checkpoint of ' : ''}${facts.experiment}/${facts.stage} run ${facts.runId}${step}`,
     description: `Pushed by minidalle checkpoint-push: ${kind === 'checkpoint' ? 'a checkpoint' : 'the final model folder'} of stage '${facts.stage}' (plugin ${facts.plugin}).`,
@@ -64,9 +87,9 @@ export async function pushToHub(c: CheckpointPushConfig, dir: string, facts: Car
   });
 }
 
-/** The model folder of a finished stage as `model-<runid>` (every file: it is the loadable folder). */
-export async function modelArtifact(dir: string, runId: string, step: number | undefined): Promise<CheckpointArtifact> {
-  const files = (await folderFiles(dir)).map((p) => ({ path: p, localPath: join(dir, ...p.split('/')) }));
+/** The model folder of a finished stage as `model-<runid>` (every file: it is the loadable folder, plus `extraFiles`). */
+export async function modelArtifact(dir: string, runId: string, step: number | undefined, extraFiles: { path: string; localPath: string }[] = []): Promise<CheckpointArtifact> {
+  const files = [...(await folderFiles(dir)).map((p) => ({ path: p, localPath: join(dir, ...p.split('/')) })), ...extraFiles];
   if (files.length === 0) throw new CheckpointPushError(`checkpoint-push: ${dir} holds no files to push`);
   return { name: `model-${runId}`, type: 'model', files, metadata: step === undefined ? {} : { step }, aliases: step === undefined ? ['latest'] : ['latest', `step-${step}`] };
 }

@@ -101,7 +101,7 @@ export async function comparePlot(a: ComparePlotArgs): Promise<ComparePlotResult
     animation: false,
     backgroundColor: '#ffffff',
     textStyle: { fontFamily: 'DejaVu Sans, sans-serif' },
-    legend: { top: 8, data: runs.map(label), textStyle: { fontSize: 13 } },
+    legend: { top: 8, itemGap: 32, data: runs.map(label), textStyle: { fontSize: 13 } },
     title: metrics.map((m, p) => ({ text: m, top: top + p * (panel + gap) - 4, left: 'center', textStyle: { fontSize: 14, fontWeight: 'normal' } })),
     grid: metrics.map((_, p) => ({ left: 70, right: 30, top: top + p * (panel + gap) + 24, height: panel - 40 })),
     xAxis: metrics.map((_, p) => ({ type: 'value', gridIndex: p, name: 'step', nameLocation: 'middle', nameGap: 24, scale: true })),

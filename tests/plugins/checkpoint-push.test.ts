@@ -78,8 +78,11 @@ stages:
     const [head, ...older] = hub.log('me/shapes');
     expect(older.map((c) => c.title)).toEqual(['initial commit']);
     expect(head!.title).toBe(`minidalle: cp/train run ${train.id}, step 3`);
-    expect(head!.paths).toEqual(['.gitattributes', 'README.md', 'config.json', 'model.safetensors', 'tokenizer.json']);
-    for (const f of ['config.json', 'model.safetensors', 'tokenizer.json']) expect(hub.file('me/shapes', f)!.bytes.equals(readFileSync(join(model, f))), f).toBe(true);
+    // The VQGAN the folder names (vqgan.json) travels along as vqgan/, so the pushed model loads anywhere.
+    const folder = ['config.json', 'model.safetensors', 'tokenizer.json', 'vqgan.json'];
+    expect(head!.paths).toEqual(['.gitattributes', 'README.md', ...folder, 'vqgan/config.json', 'vqgan/model.safetensors']);
+    for (const f of folder) expect(hub.file('me/shapes', f)!.bytes.equals(readFileSync(join(model, f))), f).toBe(true);
+    expect(hub.file('me/shapes', 'vqgan/model.safetensors')!.bytes.equals(await weights(777, 3000))).toBe(true);
     expect(hub.file('me/shapes', 'model.safetensors')!.lfs).toBe(true);
     const card = hub.file('me/shapes', 'README.md')!.bytes.toString();
     expect(card).toContain('library_name: minidalle');
@@ -91,11 +94,11 @@ stages:
     const art = wandb.artifacts.find((a) => a.collection === `model-${train.id}`)!;
     expect(art).toMatchObject({ type: 'model', state: 'COMMITTED', runName: train.id });
     expect(art.aliases.sort()).toEqual(['latest', 'step-3']);
-    expect([...art.files.keys()].sort()).toEqual(['config.json', 'model.safetensors', 'tokenizer.json']);
+    expect([...art.files.keys()].sort()).toEqual([...folder, 'vqgan/config.json', 'vqgan/model.safetensors']);
     expect(art.files.get('model.safetensors')!.equals(await weights(3))).toBe(true);
 
     const pushed = JSON.parse(readFileSync(join(dir, 'runs', String(push.id), 'out', 'pushed.json'), 'utf8'));
-    expect(pushed).toMatchObject({ step: 3, hub: { repo: 'me/shapes', commit: head!.oid, files: 4 }, wandb: [{ name: `model-${train.id}`, version: 'v0' }] });
+    expect(pushed).toMatchObject({ step: 3, hub: { repo: 'me/shapes', commit: head!.oid, files: 7 }, wandb: [{ name: `model-${train.id}`, version: 'v0' }] });
     expect(hub.requests.filter((q) => !q.path.startsWith('/lfs-')).every((q) => q.auth === 'valid')).toBe(true);
 
     // Refs: a stage's modelPath field takes hf: and wandb: references; the worker pulls them into the cache.

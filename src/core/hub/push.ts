@@ -18,6 +18,8 @@ export interface PushFolderOptions {
   files?: string[];
   /** Files generated for the commit (e.g. the model card README.md); they replace files of the same path. */
   extra?: Record<string, string | Uint8Array>;
+  /** Files from elsewhere on disk, by their path in the repo (e.g. the VQGAN a model folder refers to). */
+  extraFiles?: { path: string; localPath: string }[];
   /** Commit title (first line) and description. */
   title: string;
   description?: string;
@@ -73,13 +75,19 @@ export async function pushFolder(o: PushFolderOptions): Promise<PushResult> {
     throw hubError(`cannot create Hub repo ${o.repo} at ${hubUrl}`, err, o.settings);
   }
 
-  const paths = (o.files ?? (await folderFiles(o.dir))).filter((p) => !(o.extra && p in o.extra));
+  const replaced = new Set([...Object.keys(o.extra ?? {}), ...(o.extraFiles ?? []).map((f) => f.path)]);
+  const paths = (o.files ?? (await folderFiles(o.dir))).filter((p) => !replaced.has(p));
   const operations: CommitOperation[] = [];
   const files: { path: string; size: number }[] = [];
   for (const path of paths) {
     const content = await openAsBlob(join(o.dir, path));
     operations.push({ operation: 'addOrUpdate', path, content });
     files.push({ path, size: content.size });
+  }
+  for (const f of o.extraFiles ?? []) {
+    const content = await openAsBlob(f.localPath);
+    operations.push({ operation: 'addOrUpdate', path: f.path, content });
+    files.push({ path: f.path, size: content.size });
   }
   for (const [path, value] of Object.entries(o.extra ?? {})) {
     const content = new Blob([typeof value === 'string' ? value : new Uint8Array(value)]);
