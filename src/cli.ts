@@ -197,6 +197,21 @@ export function buildCli(argv: string[]) {
       },
     )
     .command(
+      'sync [runs..]',
+      'send runs to W&B: what the live replica could not (W&B down, WANDB_MODE=offline, no key); nothing is sent twice',
+      (y) =>
+        y
+          .positional('runs', { type: 'string', array: true, default: [] as string[], describe: 'run ids or prefixes; a pipeline run means its stages (default: every run with something left to send)' })
+          .option('project', { type: 'string', describe: 'W&B project for runs whose experiment has no tracking.wandb' })
+          .option('entity', { type: 'string', describe: 'W&B entity for those runs (default: WANDB_ENTITY, else the key\'s default entity)' }),
+      async (args) => {
+        const { project } = await context();
+        const { syncRuns } = await import('./commands/sync.js');
+        const outcomes = await syncRuns({ runsDir: project.runsDir, runs: args.runs.map(String), project: args.project, entity: args.entity, log: (l) => console.log(l) });
+        if (outcomes.some((o) => o.error !== undefined)) process.exitCode = 1;
+      },
+    )
+    .command(
       'hosts',
       'list the hosts of the project inventory: whether each answers, its state (TPU: READY, PREEMPTED, …), what runs on it',
       (y) => y,
