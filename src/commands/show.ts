@@ -4,6 +4,7 @@ import { parse as parseYaml } from 'yaml';
 import type { LoadedExperiment } from '../core/config/experiment.js';
 import { formatDuration } from '../core/progress.js';
 import { RunStore, type RunRecord } from '../core/runs/index.js';
+import { wandbGroupUrl, wandbRunUrl, wandbStatus } from '../core/tracking/wandb/links.js';
 import { flatten, formatValue, table } from './table.js';
 
 function readJson<T>(file: string, fallback: T): T {
@@ -52,7 +53,8 @@ export function formatPlan(loaded: LoadedExperiment): string {
 
 export async function listRuns(root: string, limit: number): Promise<string> {
   const store = new RunStore(root);
-  const runs = (await store.list()).slice(0, limit);
+  const all = await store.list();
+  const runs = all.slice(0, limit);
   if (runs.length === 0) return `no runs in ${root}`;
   const rows = runs.map((r) => [
     r.id,
@@ -64,6 +66,9 @@ export async function listRuns(root: string, limit: number): Promise<string> {
     duration(r),
     keyMetric(r, summaryOf(store, r.id)),
   ]);
+  // A W&B column only once something was synced.
+  const urls = runs.map((r) => (r.kind === 'pipeline' ? wandbGroupUrl(store.root, r, all) : wandbRunUrl(store.root, r.id)) ?? '-');
+  if (urls.some((u) => u !== '-')) return table(['id', 'name', 'stage', 'status', 'host', 'start', 'duration', 'key metric', 'W&B'], rows.map((row, i) => [...row, urls[i]!]));
   return table(['id', 'name', 'stage', 'status', 'host', 'start', 'duration', 'key metric'], rows);
 }
 
@@ -79,6 +84,8 @@ export async function showRun(root: string, idOrPrefix: string): Promise<string>
   if (r.resumed_from) out.push(`resumed from ${r.resumed_from}`);
   if (r.experiment) out.push(`experiment ${r.experiment}`);
   out.push(`directory ${run.dir}`);
+  const wandb = r.kind === 'pipeline' ? wandbGroupUrl(store.root, r, await store.list()) : wandbStatus(store.root, r.id);
+  if (wandb) out.push(`W&B ${r.kind === 'pipeline' ? 'group ' : ''}${wandb}`);
   if (r.kind === 'pipeline') {
     const children = (await store.list()).filter((c) => c.group === r.id).reverse();
     if (children.length) out.push('', 'stage runs:', table(['id', 'stage', 'status', 'duration'], children.map((c) => [c.id, c.stage ?? '-', c.status, duration(c)])));
@@ -107,7 +114,9 @@ export async function compareRuns(root: string, ids: string[]): Promise<string> 
   const header = ['', ...runs.map((r) => `${r.id} (${r.stage ?? r.name})`)];
   const keys = [...new Set(configs.flatMap((c) => Object.keys(c)))].sort();
   const differing = keys.filter((k) => new Set(configs.map((c) => JSON.stringify(c[k]))).size > 1);
-  const out = ['config differences:'];
+  const urls = runs.map((r) => [r.id, wandbRunUrl(store.root, r.id)] as const).filter(([, u]) => u !== undefined);
+  const out = urls.length ? ['W&B:', ...urls.map(([id, u]) => `  ${id}: ${u}`), ''] : [];
+  out.push('config differences:');
   out.push(differing.length ? table(header, differing.map((k) => [k, ...configs.map((c) => formatValue(c[k]))])) : '  none');
   const summaries = runs.map((r) => summaryOf(store, r.id));
   const metricKeys = [...new Set(summaries.flatMap((s) => Object.keys(s).filter((k) => k !== '_best' && !k.startsWith('_'))))].sort();
