@@ -35,11 +35,11 @@ export interface GenerateArgs {
 }
 
 /** A model folder from a folder path, an `hf:`/`wandb:` reference (pulled into the cache), or a run id (prefix) whose `model` artifact is one. */
-export async function resolveModelDir(model: string, runsDir: string, log?: (line: string) => void): Promise<string> {
+export async function resolveModelDir(model: string, runsDir: string, o: { log?: (line: string) => void; progress?: GenerateArgs['progress'] } = {}): Promise<string> {
   const { parseModelRef, resolveModelRef } = await import('../core/refs.js');
   const ref = parseModelRef(model);
   if (ref) {
-    const { dir } = await resolveModelRef(ref, log ? { log } : {});
+    const { dir } = await resolveModelRef(ref, o);
     if (existsSync(join(dir, 'config.json'))) return dir;
     throw new GenerateError(`--model ${model}: what it names (pulled into ${dir}) has no config.json; name a model folder pushed from a seq2seq-train run`);
   }
@@ -77,7 +77,7 @@ export async function generateCommand(a: GenerateArgs): Promise<{ out: string; f
   if (prompts.length === 0) throw new GenerateError('no prompt: give prompts as arguments ("a red circle on the left") or --prompts file.txt (one per line)');
   if (!Number.isInteger(a.samples) || a.samples < 1) throw new GenerateError(`-n must be a positive integer, got ${a.samples}`);
   if (!Number.isSafeInteger(a.seed) || a.seed < 0) throw new GenerateError(`--seed must be a non-negative integer, got ${a.seed}`);
-  const dir = await resolveModelDir(a.model, a.runsDir, a.log);
+  const dir = await resolveModelDir(a.model, a.runsDir, { log: a.log, progress: a.progress });
 
   const t0 = performance.now();
   const { describeCompute, initCompute } = await import('../ml/backend.js');

@@ -16,6 +16,7 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { MinidalleError } from './errors.js';
+import type { Progress } from './plugins/types.js';
 
 export class RefError extends MinidalleError {
   override name = 'RefError';
@@ -57,6 +58,8 @@ export interface ResolveOptions {
   /** Default: minidalleCacheDir(env). */
   cacheDir?: string;
   log?: (line: string) => void;
+  /** Download progress (Hub pulls, in bytes). */
+  progress?: Progress;
   signal?: AbortSignal;
 }
 
@@ -74,7 +77,7 @@ export async function resolveModelRef(ref: ModelRef, o: ResolveOptions = {}): Pr
   const cacheDir = o.cacheDir ?? minidalleCacheDir(env);
   if (ref.kind === 'hf') {
     const { hubSettingsFromEnv, pullHubRepo } = await import('./hub/index.js');
-    const pulled = await pullHubRepo({ repo: ref.repo, revision: ref.revision }, { cacheDir, settings: hubSettingsFromEnv(env), ...(o.log ? { log: o.log } : {}) });
+    const pulled = await pullHubRepo({ repo: ref.repo, revision: ref.revision }, { cacheDir, settings: hubSettingsFromEnv(env), ...(o.log ? { log: o.log } : {}), ...(o.progress ? { progress: o.progress } : {}) });
     return { dir: pulled.dir, ref: ref.text, version: pulled.commit };
   }
   const { baseUrlFrom, pullArtifact } = await import('./tracking/wandb/index.js');

@@ -59,8 +59,14 @@ export async function runWorker(): Promise<number> {
     const plugin = registry.get(spec.plugin);
     if (!plugin) throw new Error(`plugin '${spec.plugin}' is not installed on this host`);
     // hf:/wandb: references in the plugin's model-path fields become cached folders before the stage runs.
+    const progress = {
+      start: (total: number, unit: string, done = 0) => emit({ type: 'progress', op: 'start', total, unit, done }),
+      tick: (n = 1) => emit({ type: 'progress', op: 'tick', n }),
+      end: () => emit({ type: 'progress', op: 'end' }),
+    };
     const { config, resolved } = await resolveConfigRefs(plugin.config, plugin.config.parse(spec.config) as Record<string, unknown>, {
       log: logger.info,
+      progress,
       signal: controller.signal,
     });
     if (Object.keys(resolved).length > 0) emit({ type: 'meta', values: { model_refs: resolved } });
@@ -82,11 +88,7 @@ export async function runWorker(): Promise<number> {
       logger,
       observers,
       meta: (values) => emit({ type: 'meta', values }),
-      progress: {
-        start: (total, unit, done = 0) => emit({ type: 'progress', op: 'start', total, unit, done }),
-        tick: (n = 1) => emit({ type: 'progress', op: 'tick', n }),
-        end: () => emit({ type: 'progress', op: 'end' }),
-      },
+      progress,
     });
     await notify(observers, 'runStart', { runId: run.id, stage: spec.stage, plugin: plugin.name }, logger);
     ended = async (status, error) => {

@@ -11,6 +11,7 @@ import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { downloadFile, listFiles, modelInfo } from '@huggingface/hub';
+import type { Progress } from '../plugins/types.js';
 import { writeFileAtomic } from '../runs/fs-util.js';
 import { checkRepoId, HubError, hubError, type HubSettings } from './settings.js';
 
@@ -25,6 +26,8 @@ export interface PullOptions {
   cacheDir: string;
   settings: HubSettings;
   log?: (line: string) => void;
+  /** Download progress in bytes (a TTY bar or quiet lines). */
+  progress?: Progress;
 }
 
 export interface PullResult {
@@ -138,6 +141,7 @@ export async function pullHubRepo(ref: HubRef, o: PullOptions): Promise<PullResu
     } catch (err) {
       throw hubError(`cannot list hf:${ref.repo}@${commit}`, err, o.settings);
     }
+    o.progress?.start(entries.reduce((n, e) => n + e.size, 0), 'B');
     for (const entry of entries) {
       if (entry.path.split('/').some((part) => part === '..' || part === '')) {
         throw new HubError(`hf:${ref.repo}@${commit} lists an unsafe path '${entry.path}'; nothing was cached`);
@@ -147,7 +151,13 @@ export async function pullHubRepo(ref: HubRef, o: PullOptions): Promise<PullResu
       try {
         const blob = await downloadFile({ repo: ref.repo, path: entry.path, revision: commit, ...auth });
         if (!blob) throw new Error('the Hub says the file does not exist');
-        await pipeline(Readable.fromWeb(blob.stream() as import('node:stream/web').ReadableStream<Uint8Array>), createWriteStream(file));
+        const count = async function* (source: AsyncIterable<Uint8Array>) {
+          for await (const chunk of source) {
+            o.progress?.tick(chunk.length);
+            yield chunk;
+          }
+        };
+        await pipeline(Readable.fromWeb(blob.stream() as import('node:stream/web').ReadableStream<Uint8Array>), count, createWriteStream(file));
       } catch (err) {
         throw hubError(`cannot download ${entry.path} of hf:${ref.repo}@${commit}`, err, o.settings);
       }
@@ -171,6 +181,7 @@ export async function pullHubRepo(ref: HubRef, o: PullOptions): Promise<PullResu
       await rm(tmp, { recursive: true, force: true });
     }
     await writeFileAtomic(manifestFile(dir), `${JSON.stringify(manifest, null, 1)}\n`);
+    o.progress?.end();
     log(`hf:${where}: ${downloaded} file(s), ${bytes} bytes, verified, in ${dir}`);
     return { dir, commit, downloaded, bytes };
   } catch (err) {
