@@ -222,6 +222,35 @@ export function buildCli(argv: string[]) {
       },
     )
     .command(
+      'ui',
+      'a local web app: the text → image demo (--model, re-ranked with --clip) and a live dashboard of the runs',
+      (y) =>
+        y
+          .option('port', { type: 'number', default: 7860 })
+          .option('host', { type: 'string', default: '127.0.0.1', describe: 'address to bind; anything but loopback needs --token' })
+          .option('model', { type: 'string', describe: 'seq2seq-train run id (prefix) or model folder for the demo tab' })
+          .option('clip', { type: 'string', describe: 'clip-train run id (prefix) or CLIP folder: scores and re-ranks the demo images' })
+          .option('token', { type: 'string', describe: 'required on every request (default: MINIDALLE_UI_TOKEN)' }),
+      async (args) => {
+        const { project } = await context();
+        const { uiCommand } = await import('./commands/ui.js');
+        const ui = await uiCommand({
+          runsDir: project.runsDir,
+          host: args.host,
+          port: args.port,
+          ...(args.model ? { model: args.model } : {}),
+          ...(args.clip ? { clip: args.clip } : {}),
+          ...(args.token ? { token: args.token } : {}),
+          log: (line) => console.log(line),
+        });
+        await new Promise<void>((res) => {
+          const stop = () => void ui.close().then(res);
+          process.once('SIGINT', stop);
+          process.once('SIGTERM', stop);
+        });
+      },
+    )
+    .command(
       'plugins',
       'list the installed plugins and their config schemas',
       (y) => y,

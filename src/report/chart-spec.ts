@@ -1,4 +1,7 @@
-/** What a chart shows, as JSON: built in Node from a run's history, drawn in the browser (web/charts.ts). */
+/** What a chart shows, as JSON: built in Node from a run's history, drawn in the browser (web/charts.js). */
+
+/** Series colours, in order: distinct on white and from the grid's grey (the browser tests look for them). */
+export const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#17becf', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#393b79', '#637939'] as const;
 export interface SeriesSpec {
   label: string;
   steps: number[];

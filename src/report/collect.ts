@@ -95,7 +95,7 @@ function seconds(r: RunRecord): number | undefined {
 }
 
 /** config.yaml parsed, redacted by key and value, and written back as YAML. */
-function redactedYaml(text: string | undefined, secrets: readonly string[]): string | undefined {
+export function redactedYaml(text: string | undefined, secrets: readonly string[]): string | undefined {
   if (text === undefined) return undefined;
   let tree: unknown;
   try {
@@ -107,7 +107,7 @@ function redactedYaml(text: string | undefined, secrets: readonly string[]): str
 }
 
 /** The pipeline's stage runs in experiment order, with their status there ('reused' for a reused run). */
-async function members(store: RunStore, pipeline: RunRecord, all: RunRecord[]): Promise<{ stage: string; record: RunRecord; status: StageStatus }[]> {
+export async function members(store: RunStore, pipeline: RunRecord, all: RunRecord[]): Promise<{ stage: string; record: RunRecord; status: StageStatus }[]> {
   const out: { stage: string; record: RunRecord; status: StageStatus }[] = [];
   const seen = new Set<string>();
   const stages = pipeline.meta.stages;
@@ -126,7 +126,7 @@ async function members(store: RunStore, pipeline: RunRecord, all: RunRecord[]): 
   return out;
 }
 
-function summaryItems(summary: Record<string, unknown>): { items: SummaryItem[]; primary?: string } {
+export function summaryItems(summary: Record<string, unknown>): { items: SummaryItem[]; primary?: string } {
   const best = (summary._best ?? {}) as Record<string, { value: number; step: number; goal: string; primary?: boolean }>;
   const primary = Object.entries(best).find(([, b]) => b?.primary)?.[0];
   const items: SummaryItem[] = [];

@@ -14,6 +14,7 @@ import { collectReport } from '../../src/report/collect.js';
 import { chartGroup, chartsOf, parseHistory } from '../../src/report/history.js';
 import { renderReportHtml } from '../../src/report/html.js';
 import { summarySvg } from '../../src/report/png.js';
+import { PALETTE } from '../../src/report/chart-spec.js';
 import { chartsWithSeriesPixels, imageSizes, inPage, launchChromium, type BrowserSession } from '../support/browser.js';
 import { cli } from '../support/cli.js';
 
@@ -144,7 +145,7 @@ describe('minidalle report', () => {
     await page.goto(url);
     await page.waitForSelector('body[data-charts-drawn]');
     const placeholders = await inPage<number>(page, `() => document.querySelectorAll('[data-chart]').length`);
-    const drawn = await chartsWithSeriesPixels(page, '[data-chart]', [0x1f, 0x77, 0xb4]);
+    const drawn = await chartsWithSeriesPixels(page, '[data-chart]', [PALETTE[0]]);
     // vqgan: psnr, loss, grad_norm; seq2seq: eval/attr_acc, all_correct, loss
     expect(placeholders).toBe(6);
     expect(drawn).toEqual(new Array(6).fill(true));

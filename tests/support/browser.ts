@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { PALETTE } from '../../src/report/chart-spec.js';
 
 export const CHROMIUM = '/usr/bin/chromium';
 
@@ -69,23 +70,28 @@ export async function inPage<T>(page: Page, source: string, arg: unknown = null)
   return (await page.evaluate(`(${source})(${JSON.stringify(arg)})`)) as T;
 }
 
-const SERIES_PIXELS = `({ selector, rgb }) => [...document.querySelectorAll(selector)].map((el) => {
+const SERIES_PIXELS = `({ selector, colours }) => [...document.querySelectorAll(selector)].map((el) => {
   const canvas = el.querySelector('canvas');
   if (!canvas || canvas.width === 0 || canvas.height === 0) return false;
   const px = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
   let hits = 0;
   for (let i = 0; i < px.length; i += 4) {
-    if (Math.abs(px[i] - rgb[0]) < 40 && Math.abs(px[i + 1] - rgb[1]) < 40 && Math.abs(px[i + 2] - rgb[2]) < 40 && px[i + 3] > 100) hits++;
+    if (px[i + 3] > 100 && colours.some((c) => Math.abs(px[i] - c[0]) < 40 && Math.abs(px[i + 1] - c[1]) < 40 && Math.abs(px[i + 2] - c[2]) < 40)) hits++;
   }
   return hits >= 3;
 })`;
 
+function rgb(hex: string): [number, number, number] {
+  return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)) as [number, number, number];
+}
+
 /**
- * For each chart container matching `selector`: whether its canvas holds pixels of `rgb` (a series colour), i.e.
- * a line was drawn, not only axes and grid.
+ * For each chart container matching `selector`: whether its canvas holds pixels of a series colour (any of
+ * `colours`, default: every palette colour), i.e. a line was drawn, not only axes and grid. Lines that coincide
+ * hide each other, so a chart counts when any of its colours shows.
  */
-export async function chartsWithSeriesPixels(page: Page, selector: string, rgb: [number, number, number]): Promise<boolean[]> {
-  return inPage<boolean[]>(page, SERIES_PIXELS, { selector, rgb });
+export async function chartsWithSeriesPixels(page: Page, selector: string, colours: readonly string[] = PALETTE): Promise<boolean[]> {
+  return inPage<boolean[]>(page, SERIES_PIXELS, { selector, colours: colours.map(rgb) });
 }
 
 /** Every <img> matching `selector`: the start of its src, its natural size (0 when it did not load), complete. */

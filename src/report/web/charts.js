@@ -8,9 +8,7 @@
  * @typedef {import('../chart-spec.js').SeriesSpec} SeriesSpec
  */
 import uPlot from 'uplot';
-
-/** Distinct on white and from the grid's grey; the browser tests look for the first one's pixels. */
-export const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#17becf', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#393b79', '#637939'];
+import { PALETTE } from '../chart-spec.js';
 
 /**
  * @param {readonly SeriesSpec[]} series
