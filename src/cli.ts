@@ -285,7 +285,8 @@ export function buildCli(argv: string[]) {
           .option('kind', { type: 'string', choices: ['vqgan', 'bart', 'clip'], describe: 'model kind (default: recognised from the tensor names)' })
           .option('dtype', { type: 'string', choices: ['float32', 'float16'], default: 'float32', describe: 'storage dtype of float tensors' })
           .option('config', { type: 'string', describe: 'model config when it is not beside the weights (taming: configs/model.yaml; HF: config.json)' })
-          .option('force', { type: 'boolean', default: false, describe: 'replace a model.safetensors already in --to' }),
+          .option('force', { type: 'boolean', default: false, describe: 'replace a model.safetensors already in --to' })
+          .option('keep-loss', { type: 'boolean', default: false, describe: "taming .ckpt: also write its LPIPS network to lpips.safetensors (vqgan-finetune's perceptual_weights)" }),
       async (args) => {
         const { convertCommand } = await import('./commands/convert.js');
         const { ProgressBoard } = await import('./core/progress.js');
@@ -297,6 +298,7 @@ export function buildCli(argv: string[]) {
           dtype: args.dtype as 'float32' | 'float16',
           ...(args.config ? { config: args.config } : {}),
           force: args.force,
+          keepLoss: args.keepLoss,
           log: (line) => board.line(line),
           progress: { start: (total) => board.start('convert', total, 'tensors'), tick: (n) => board.tick('convert', n), end: () => board.end('convert') },
         });

@@ -13,6 +13,7 @@ import { convertCheckpoint, formatConvertReport } from '../../src/ml/checkpoints
 import { CheckpointMismatchError } from '../../src/ml/checkpoints/maps/common.js';
 import { PickleRefusedError } from '../../src/ml/checkpoints/pickle.js';
 import { ConvertError } from '../../src/ml/checkpoints/sources.js';
+import { loadLpips } from '../../src/ml/losses/lpips.js';
 import { loadClip } from '../../src/ml/models/clip.js';
 import { loadDalleBart } from '../../src/ml/models/dallebart.js';
 import { loadVqgan } from '../../src/ml/models/vqgan.js';
@@ -71,13 +72,36 @@ describe.skipIf(skip !== null)(`PyTorch checkpoints → model folders${skip ? ` 
     expect(r.kind).toBe('vqgan');
     expect(r.statePath).toBe('state_dict');
     expect(r.configFile).toBe(join(dir, 'vqgan', 'model.yaml'));
-    expect(r.dropped.map((d) => d.name).sort()).toEqual(['loss.discriminator.main.0.bias', 'loss.discriminator.main.0.weight', 'loss.logvar', 'loss.perceptual_loss.net.slice1.0.weight']);
+    expect(r.dropped.map((d) => d.name).sort()).toEqual([
+      'loss.discriminator.main.0.bias',
+      'loss.discriminator.main.0.weight',
+      'loss.logvar',
+      'loss.perceptual_loss.lin0.model.1.weight',
+      'loss.perceptual_loss.net.slice1.0.bias',
+      'loss.perceptual_loss.net.slice1.0.weight',
+      'loss.perceptual_loss.scaling_layer.scale',
+      'loss.perceptual_loss.scaling_layer.shift',
+    ]);
     const text = formatConvertReport(r).join('\n');
-    expect(text).toContain('PatchGAN discriminator (training loss) (2)');
+    expect(text).toContain("PatchGAN discriminator (training loss; taming's has BatchNorm, ours has none, so it is not converted) (2)");
+    expect(text).toContain('LPIPS / VGG16 (training loss; --keep-loss writes it to lpips.safetensors) (5)');
     expect(text).toContain('global_step=1234');
     expect(text).toMatch(/also in the file \(not converted\): .*hyper_parameters, optimizer_states/);
     expectBitExact(out, 'vqgan');
     expect(await decodeMaxError(out)).toBeLessThan(1e-5);
+  });
+
+  it('--keep-loss writes the checkpoint\'s LPIPS network to lpips.safetensors, which our LPIPS loader reads', async () => {
+    const out = join(dir, 'out-keep-loss');
+    const r = await convertCheckpoint({ input: join(dir, 'vqgan'), to: out, keepLoss: true });
+    expect(r.sidecars).toEqual([{ file: 'lpips.safetensors', what: "LPIPS (VGG16 + lin layers: vqgan-finetune's perceptual_weights)", tensors: 3 }]);
+    expect(r.dropped.map((d) => d.name).filter((n) => n.startsWith('loss.perceptual_loss.')).sort()).toEqual(['loss.perceptual_loss.scaling_layer.scale', 'loss.perceptual_loss.scaling_layer.shift']);
+    const got = safetensorsBytes(join(out, 'lpips.safetensors'));
+    for (const [name, w] of readReference(dir, 'lpips')) expect(Buffer.compare(got.get(name)?.bytes as Buffer, w.bytes), name).toBe(0);
+    const net = await loadLpips(join(out, 'lpips.safetensors'));
+    expect(net.config).toEqual({ channels: [4], convsPerSlice: [1] });
+    net.dispose();
+    expectBitExact(out, 'vqgan');
   });
 
   it('plain and legacy-format (pre-zip) state dicts convert to the same bytes', async () => {
@@ -184,7 +208,7 @@ describe.skipIf(skip !== null)(`PyTorch checkpoints → model folders${skip ? ` 
     expect(ok.code).toBe(0);
     expect(ok.stdout).toContain(`converted ${join('vqgan', 'checkpoints', 'last.ckpt')} (torch-zip, state_dict) as vqgan → ${join(dir, 'cli-vqgan')}`);
     expect(ok.stdout).toMatch(/\d+ tensors written as F16/);
-    expect(ok.stdout).toContain('dropped 4 tensor(s):');
+    expect(ok.stdout).toContain('dropped 8 tensor(s):');
     expect(safetensorsBytes(join(dir, 'cli-vqgan', 'model.safetensors')).get('quant_conv.weight')?.dtype).toBe('F16');
     const bad = cli(dir, ['convert', 'evil/evil.ckpt', '--to', 'cli-evil']);
     expect(bad.code).toBe(1);

@@ -30,6 +30,8 @@ export interface ConvertOptions {
   config?: string;
   /** replace a model.safetensors already in `to` */
   force?: boolean;
+  /** taming: also write the LPIPS network of its training loss to lpips.safetensors */
+  keepLoss?: boolean;
   onTensor?: (done: number, total: number, name: string) => void;
 }
 
@@ -48,6 +50,8 @@ export interface ConvertReport {
   notes: string[];
   extras: string[];
   copied: string[];
+  /** further files written (lpips.safetensors), with what they hold and their tensor count */
+  sidecars: { file: string; what: string; tensors: number }[];
   bytes: number;
   dtype: OutputFloatDtype;
   out: string;
@@ -67,18 +71,28 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
   const src = await openSourceCheckpoint(file);
   try {
     const kind = opts.kind ? kindByName(opts.kind) : detectKind(src);
-    const prepared = kind.prepare(src, opts.config ? { config: opts.config } : {});
+    const prepared = kind.prepare(src, { ...(opts.config ? { config: opts.config } : {}), ...(opts.keepLoss ? { keepLoss: true } : {}) });
     const { mapped, expected } = prepared;
     const shapes = new Map([...src.tensors].map(([n, t]) => [n, t.shape] as [string, number[]]));
-    const mismatches = checkMapped(mapped, expected, shapes);
-    if (mismatches.length) {
-      const froms = new Map([...mapped.tensors].map(([n, t]) => [n, t.from] as [string, string]));
-      throw new CheckpointMismatchError(`${file} (as ${kind.name}, config ${prepared.configFile})`, mismatches, froms);
-    }
+    const check = (m: typeof mapped, want: Map<string, number[]>, what: string): void => {
+      const mismatches = checkMapped(m, want, shapes);
+      if (!mismatches.length) return;
+      const froms = new Map([...m.tensors].map(([n, t]) => [n, t.from] as [string, string]));
+      throw new CheckpointMismatchError(`${file} (as ${what}, config ${prepared.configFile})`, mismatches, froms);
+    };
+    check(mapped, expected, kind.name);
+    for (const s of prepared.sidecars ?? []) check(s.mapped, s.expected, s.what);
     const dtype: OutputFloatDtype = opts.dtype === 'float16' ? 'F16' : 'F32';
     mkdirSync(out, { recursive: true });
     const tensors = [...mapped.tensors.values()];
-    const bytes = await writeSafetensorsStreaming(weights, tensors, { floatDtype: dtype, metadata: { format: 'pt', converted_from: file.split('/').slice(-2).join('/') }, ...(opts.onTensor ? { onTensor: opts.onTensor } : {}) });
+    const metadata = { format: 'pt', converted_from: file.split('/').slice(-2).join('/') };
+    const bytes = await writeSafetensorsStreaming(weights, tensors, { floatDtype: dtype, metadata, ...(opts.onTensor ? { onTensor: opts.onTensor } : {}) });
+    const sidecars: ConvertReport['sidecars'] = [];
+    for (const s of prepared.sidecars ?? []) {
+      // F32 always: these are frozen loss networks, read by loaders that expect full precision
+      await writeSafetensorsStreaming(join(out, s.file), [...s.mapped.tensors.values()], { floatDtype: 'F32', metadata });
+      sidecars.push({ file: s.file, what: s.what, tensors: s.mapped.tensors.size });
+    }
     writeHfConfig(join(out, 'config.json'), prepared.config);
     const copied: string[] = [];
     for (const f of COMPANION_FILES) {
@@ -100,6 +114,7 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<ConvertRe
       notes: mapped.notes,
       extras: src.extras,
       copied,
+      sidecars,
       bytes,
       dtype,
       out,
@@ -116,6 +131,7 @@ export function formatConvertReport(r: ConvertReport): string[] {
     `  ${r.converted} tensors written as ${r.dtype} (${(r.bytes / 2 ** 20).toFixed(1)} MiB)${r.relaid ? `, ${r.relaid} re-laid out (Flax kernels → PyTorch layout)` : ''}`,
     `  config: ${r.configFile} → config.json`,
   ];
+  for (const s of r.sidecars) lines.push(`  ${s.file}: ${s.tensors} tensors, ${s.what}`);
   if (r.copied.length) lines.push(`  copied: ${r.copied.join(', ')}`);
   for (const n of r.notes) lines.push(`  note: ${n}`);
   if (r.dropped.length) {

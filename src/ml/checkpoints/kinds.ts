@@ -6,6 +6,7 @@
 import { BartConfigSchema, parseHfConfig, VqganConfigSchema } from '../hf-config.js';
 import { clipParamSpecs, resolveClipConfig, type ClipConfigInput } from '../models/clip.js';
 import { dalleBartConfigFromHf, dalleBartParamSpecs, torchShapeOf } from '../models/dallebart.js';
+import { inferLpipsConfig, lpipsParamShapes } from '../losses/lpips.js';
 import { resolveVqganConfig, vqganParamShapes, type VqganModelConfig } from '../models/vqgan.js';
 import { findConfig, tamingParams } from './configs.js';
 import { mapFlaxBart, mapTorchBart } from './maps/bart.js';
@@ -13,6 +14,7 @@ import { mapFlaxClip, mapTorchClip } from './maps/clip.js';
 import type { MappedCheckpoint } from './maps/common.js';
 import { mapFlaxVqgan, mapTamingVqgan } from './maps/vqgan.js';
 import { ConvertError, type SourceCheckpoint } from './sources.js';
+import { outputShape } from './writer.js';
 
 export interface PreparedConversion {
   /** config.json to write */
@@ -22,6 +24,8 @@ export interface PreparedConversion {
   mapped: MappedCheckpoint;
   /** model name → PyTorch-layout shape */
   expected: Map<string, number[]>;
+  /** further files written beside model.safetensors (taming's LPIPS weights), checked the same way */
+  sidecars?: { file: string; what: string; mapped: MappedCheckpoint; expected: Map<string, number[]> }[];
 }
 
 export interface ModelKind {
@@ -29,7 +33,7 @@ export interface ModelKind {
   description: string;
   /** true when the tensor names look like this model's */
   detect(names: string[]): boolean;
-  prepare(src: SourceCheckpoint, opts: { config?: string }): PreparedConversion;
+  prepare(src: SourceCheckpoint, opts: { config?: string; keepLoss?: boolean }): PreparedConversion;
 }
 
 const isFlax = (src: SourceCheckpoint): boolean => src.format === 'flax-msgpack';
@@ -61,12 +65,16 @@ export const VQGAN_KIND: ModelKind = {
   prepare(src, opts) {
     const found = findConfig(src.file, opts.config, { yaml: !isFlax(src), what: 'VQGAN' });
     const config = vqganConfigFrom(found.value, found.file);
-    return {
-      config: { model_type: 'vqgan', ...config },
-      configFile: found.file,
-      mapped: isFlax(src) ? mapFlaxVqgan(src.tensors) : mapTamingVqgan(src.tensors),
-      expected: vqganParamShapes(config),
-    };
+    const base = { config: { model_type: 'vqgan', ...config }, configFile: found.file, expected: vqganParamShapes(config) };
+    if (isFlax(src)) {
+      if (opts.keepLoss) throw new ConvertError(`${src.file}: --keep-loss: a Flax VQGAN file holds no training losses`);
+      return { ...base, mapped: mapFlaxVqgan(src.tensors) };
+    }
+    const { model, lpips } = mapTamingVqgan(src.tensors, { keepLpips: opts.keepLoss ?? false });
+    if (!lpips) return { ...base, mapped: model };
+    if (lpips.tensors.size === 0) throw new ConvertError(`${src.file}: --keep-loss: no loss.perceptual_loss.* tensors (LPIPS) in the checkpoint`);
+    const shapes = new Map([...lpips.tensors].map(([n, t]) => [n, outputShape(t)] as [string, number[]]));
+    return { ...base, mapped: model, sidecars: [{ file: 'lpips.safetensors', what: "LPIPS (VGG16 + lin layers: vqgan-finetune's perceptual_weights)", mapped: lpips, expected: lpipsParamShapes(inferLpipsConfig(shapes)) }] };
   },
 };
 

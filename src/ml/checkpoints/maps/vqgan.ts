@@ -2,7 +2,8 @@
  * VQGAN name maps onto our taming names (src/ml/models/vqgan.ts).
  *
  * taming-transformers (PyTorch, Lightning `.ckpt`): the names are ours already. The training losses live
- * under `loss.` (`loss.discriminator.*` PatchGAN, `loss.perceptual_loss.*` LPIPS/VGG16): dropped.
+ * under `loss.` (`loss.discriminator.*` PatchGAN, `loss.perceptual_loss.*` LPIPS/VGG16): dropped, or
+ * for LPIPS, on request, mapped to the names our LPIPS loader reads.
  *
  * vqgan-jax / dalle-mini (Flax msgpack): the same modules, with the converter's renames undone —
  *   encoder/down_0/block_1/norm1/scale       → encoder.down.0.block.1.norm1.weight
@@ -15,14 +16,28 @@
 import { emptyMapped, flaxLeafToTorch, leafOf, put, type MappedCheckpoint } from './common.js';
 import type { SourceTensor } from '../tensor.js';
 
-/** taming state dict → ours: the names stay, the `loss.*` training modules are dropped. */
-export function mapTamingVqgan(tensors: Map<string, SourceTensor>): MappedCheckpoint {
+const DISCRIMINATOR_REASON = "PatchGAN discriminator (training loss; taming's has BatchNorm, ours has none, so it is not converted)";
+
+/**
+ * taming state dict → ours: the names stay, the `loss.*` training modules are dropped — except, with
+ * `keepLpips`, the LPIPS network (`loss.perceptual_loss.net.sliceK.N.*`, `…lin{k}.model.1.weight`), which
+ * comes back as a second map under the names `loadLpips` reads (its ScalingLayer constants are built in).
+ */
+export function mapTamingVqgan(tensors: Map<string, SourceTensor>, opts: { keepLpips?: boolean } = {}): { model: MappedCheckpoint; lpips: MappedCheckpoint | null } {
   const m = emptyMapped();
+  const lpips = opts.keepLpips ? emptyMapped() : null;
+  const LPIPS = 'loss.perceptual_loss.';
   for (const [name, t] of tensors) {
-    if (name.startsWith('loss.')) m.dropped.push({ name, reason: name.startsWith('loss.discriminator.') ? 'PatchGAN discriminator (training loss)' : name.startsWith('loss.perceptual_loss.') ? 'LPIPS / VGG16 (training loss)' : 'training loss' });
-    else put(m, name, name, t);
+    if (lpips && name.startsWith(LPIPS)) {
+      const short = name.slice(LPIPS.length);
+      if (short.startsWith('scaling_layer.')) m.dropped.push({ name, reason: 'LPIPS ScalingLayer constants (built into our LPIPS)' });
+      else put(lpips, short, name, t);
+    } else if (name.startsWith('loss.')) {
+      const reason = name.startsWith('loss.discriminator.') ? DISCRIMINATOR_REASON : name.startsWith(LPIPS) ? 'LPIPS / VGG16 (training loss; --keep-loss writes it to lpips.safetensors)' : 'training loss';
+      m.dropped.push({ name, reason });
+    } else put(m, name, name, t);
   }
-  return m;
+  return { model: m, lpips };
 }
 
 const FLAX_TOP = new Set(['encoder', 'decoder', 'quantize', 'quant_conv', 'post_quant_conv']);
