@@ -48,6 +48,16 @@ export async function runSweepCommand(o: RunSweepCommandOptions): Promise<number
   return result.status === 'finished' ? 0 : result.status === 'stopped' ? 130 : 1;
 }
 
+/** `minidalle validate` of an experiment with a `sweep:` block: its members, each validated. */
+export function formatSweepPlan(base: LoadedExperiment, overrides: string[], registry: PluginRegistry, project: ProjectConfig): string {
+  const plan = planSweep(base, {}, { overrides, registry, hosts: Object.keys(project.hosts), projectDir: project.projectDir });
+  const by = plan.metric ? `, ranked by ${plan.metric.name} (${plan.metric.goal})` : '';
+  const stop = plan.earlyStop ? `, median early stopping at step ${plan.earlyStop.step}` : '';
+  const lines = [`sweep: ${plan.method}${plan.seed === undefined ? '' : ` (seed ${plan.seed})`}, ${plan.members.length} members, ${plan.maxParallel} at once${by}${stop}; every member is valid`];
+  for (const m of plan.members) lines.push(`  member ${m.index}: ${Object.entries(m.parameters).map(([k, v]) => `${shortKey(k)}=${JSON.stringify(v)}`).join(' ')}`);
+  return lines.join('\n');
+}
+
 /** `minidalle sweep`: the sweeps of the store; `minidalle sweep <id>`: one ranked, optionally plotted. */
 export async function sweepCommand(runsDir: string, id: string | undefined, plot: string | boolean | undefined): Promise<string> {
   const sweeps = new SweepStore(runsDir);
