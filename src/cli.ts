@@ -91,6 +91,7 @@ export function buildCli(argv: string[]) {
             signal: controller.signal,
             kill: killer.signal,
           });
+          await Promise.all(Object.values(executors).map((e) => e.close?.()));
           return;
         }
         const result = await runPipeline(loaded, {
@@ -115,7 +116,7 @@ export function buildCli(argv: string[]) {
       'check an experiment and print its plan without running anything',
       (y) => withOverrides(y),
       async (args) => {
-        const { loaded, project } = await load(args.experiment, args.overrides);
+        const { loaded, project, registry } = await load(args.experiment, args.overrides);
         const { formatPlan } = await import('./commands/show.js');
         const { formatPlacement, planPlacement } = await import('./core/executors/placement.js');
         const { consoleSecrets, redactConfig, scrub } = await import('./core/secrets.js');
@@ -124,6 +125,11 @@ export function buildCli(argv: string[]) {
         const shown = { ...loaded, experiment: redactConfig(loaded.experiment, secrets), changedFromDefaults: redactConfig(loaded.changedFromDefaults, secrets) };
         console.log(scrub(formatPlan(shown), secrets));
         console.log(formatPlacement(planPlacement(loaded, project), project));
+        if (loaded.experiment.sweep) {
+          // Every member is loaded and validated too; the list shows what `run` would run.
+          const { formatSweepPlan } = await import('./commands/sweep.js');
+          console.log(scrub(formatSweepPlan(loaded, args.overrides, registry, project), secrets));
+        }
       },
     )
     .command(
