@@ -61,7 +61,7 @@ export const ClipTrainConfig = z
     ...optimizerFields({ beta1: 0.9, beta2: 0.98, weight_decay: 0.1, grad_clip: 1 }),
     eval_count: posInt.default(512).describe('held-out pairs in the retrieval evaluation'),
     judge: z.enum(['none', 'shapes']).default('none').describe("'shapes': also score retrieval by the attributes the retrieved image shows"),
-    ...cadenceFields({ log_every: 25, eval_every: 500, media_every: 0, checkpoint_every: 500 }),
+    ...cadenceFields({ log_every: 25, eval_every: 500, media_every: 500, checkpoint_every: 500 }),
     log_norms: z.boolean().default(false).describe('log per-tower gradient norms at log steps'),
   })
   .strict()

@@ -85,3 +85,25 @@ export function clipScores(s: ClipScorer, texts: readonly string[], images: read
 export function rankByScore(scores: readonly number[]): number[] {
   return scores.map((_, i) => i).sort((a, b) => (scores[b] as number) - (scores[a] as number) || a - b);
 }
+
+/** A generated sample with its CLIP score and its rank among its prompt's samples (0 = best). */
+export interface RankedSample<T> {
+  item: T;
+  score: number;
+  rank: number;
+}
+
+/**
+ * Scores each item's image for its prompt and ranks the items of each prompt best first: DALL·E mini's
+ * re-ranking. Returns, per prompt index (in order of first appearance), its items sorted by score.
+ */
+export function rerank<T extends { prompt: string; promptIndex: number; rgb: Uint8Array }>(s: ClipScorer, items: readonly T[], side: number): RankedSample<T>[][] {
+  const scores = clipScores(s, items.map((it) => it.prompt), items.map((it) => it.rgb), side);
+  const byPrompt = new Map<number, { item: T; score: number }[]>();
+  items.forEach((item, i) => {
+    const list = byPrompt.get(item.promptIndex) ?? [];
+    list.push({ item, score: scores[i] as number });
+    byPrompt.set(item.promptIndex, list);
+  });
+  return [...byPrompt.values()].map((list) => rankByScore(list.map((x) => x.score)).map((k, rank) => ({ ...(list[k] as { item: T; score: number }), rank })));
+}

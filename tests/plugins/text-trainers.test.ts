@@ -14,16 +14,13 @@ import tokenizerPlugin, { TokenizerTrainConfig } from '../../plugins/tokenizer-t
 import { checkPluginShape } from '../../src/core/plugins/registry.js';
 import type { StageOutputs } from '../../src/core/plugins/types.js';
 import { RunStore } from '../../src/core/runs/index.js';
-import { EncodedShardWriter } from '../../src/data/encoded.js';
-import { DEFAULT_HELDOUT_COMBOS, generateShapes } from '../../src/data/shapes.js';
 import { initCompute } from '../../src/ml/backend.js';
 import { loadDalleBart } from '../../src/ml/models/dallebart.js';
-import { saveVqgan, Vqgan } from '../../src/ml/models/vqgan.js';
 import { Rng } from '../../src/ml/rng.js';
 import { generateImages, loadText2Image, ModelFolderError } from '../../src/ml/text2image.js';
-import { loadCaptions } from '../../src/ml/train/data.js';
 import { cli } from '../support/cli.js';
 import { stageContext } from '../support/stage-context.js';
+import { tinyText2ImageInputs } from '../support/tiny-text2image.js';
 
 let root: string;
 let store: RunStore;
@@ -34,27 +31,9 @@ beforeAll(async () => {
   await initCompute({ backend: 'wasm' });
   root = mkdtempSync(join(tmpdir(), 'minidalle-text-'));
   store = new RunStore(join(root, 'runs'), { onWarning: () => {} });
-  const shapes = await generateShapes(join(root, 'data'), { count: 40, heldoutCount: 8, size: 16, seed: 2, samplesPerShard: 40, heldoutCombos: DEFAULT_HELDOUT_COMBOS.map((c) => ({ ...c })), plainBackgroundProb: 0.5 });
-  inputs.data = { runId: 'd', outDir: root, artifacts: { train: shapes.train.pattern, heldout: shapes.heldout.pattern }, summary: {} };
-
-  // a tiny VQGAN (16 px, f2 → 8×8 = 64 codes of 16) and encoded shards whose codes follow the caption
-  const vqgan = Vqgan.create({ ch: 4, ch_mult: [1, 2], num_res_blocks: 0, attn_resolutions: [], z_channels: 4, n_embed: 16, embed_dim: 4, num_groups: 2, resolution: 16 }, 1);
-  const vqganDir = join(root, 'vqgan');
-  await saveVqgan(vqgan, vqganDir);
-  vqgan.dispose();
-  const artifacts: Record<string, string> = {};
-  for (const split of ['train', 'heldout'] as const) {
-    const { captions } = await loadCaptions(inputs.data.artifacts[split]!, { signal: new AbortController().signal, warn: () => {} });
-    const dir = join(root, 'encoded', split);
-    const w = new EncodedShardWriter({ dir, rowsPerShard: 16, codeCount: 64, producer: { plugin: 'test', vqgan: vqganDir } });
-    for (const [i, caption] of captions.entries()) {
-      const h = [...caption].reduce((a, ch) => (a * 31 + ch.charCodeAt(0)) >>> 0, 7);
-      await w.add({ key: `${split}-${i}`, caption, encoding: Int32Array.from({ length: 64 }, (_, k) => (h >>> (k % 24)) % 16) });
-    }
-    await w.finish();
-    artifacts[split] = dir;
-  }
-  inputs.encode = { runId: 'e', outDir: root, artifacts, summary: {} };
+  const tiny = await tinyText2ImageInputs(root);
+  inputs.data = tiny.data;
+  inputs.encode = tiny.encode;
 });
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
