@@ -2,7 +2,7 @@
 import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT } from '../support/cli.js';
+import { ROOT, until, type start } from '../support/cli.js';
 
 export const REMOTE_PLUGINS = join(ROOT, 'tests/remote/fixtures/remote-plugins.mjs');
 
@@ -39,4 +39,17 @@ export function expectSteps(h: { _step: number }[], n: number): void {
   const steps = h.map((l) => l._step);
   const want = Array.from({ length: n }, (_, i) => i + 1);
   if (JSON.stringify(steps) !== JSON.stringify(want)) throw new Error(`history steps ${JSON.stringify(steps)}, expected ${JSON.stringify(want)}`);
+}
+
+/** Waits for `check`; on a timeout kills the run and fails with everything it printed. */
+export async function waitOrDump(run: ReturnType<typeof start>, what: string, check: () => boolean, ms = 45_000): Promise<void> {
+  let ended = false;
+  void run.exited.then(() => (ended = true));
+  await until(what, () => check() || ended, ms).then(() => {
+    if (!check()) throw new Error(`the run ended before ${what}`);
+  }).catch(async (err: Error) => {
+    run.child.kill('SIGKILL');
+    const r = await run.exited;
+    throw new Error(`${err.message}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`);
+  });
 }

@@ -6,8 +6,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cli, start, until } from '../support/cli.js';
-import { remoteProject, stageRuns, history, expectSteps } from './helpers.js';
+import { cli, start } from '../support/cli.js';
+import { expectSteps, history, remoteProject, stageRuns, waitOrDump } from './helpers.js';
 import { netnsUnavailable, TestNetwork, type TestHost } from './netns.js';
 
 const missing = netnsUnavailable();
@@ -51,11 +51,7 @@ stages:
     let exited = false;
     void run.exited.then(() => (exited = true));
     // Live: the remote worker's second line is on the console while the stage still runs.
-    await until('tick 2 on the console', () => run.output().includes('[first] tick 2'), 40_000).catch(async (err: Error) => {
-      run.child.kill('SIGKILL');
-      const r = await run.exited;
-      throw new Error(`${err.message}\n${r.stdout}\n${r.stderr}`);
-    });
+    await waitOrDump(run, 'tick 2 on the console', () => run.output().includes('[first] tick 2'));
     expect(exited).toBe(false);
     expect(run.output()).not.toContain('[first] tick 6');
     expect(stageRuns(dir).find((r) => r.record.stage === 'first')?.record.status).toBe('running');

@@ -189,14 +189,14 @@ export class RemoteExecutor implements Executor {
   private async syncTo(t: SshTarget, io: StageIO): Promise<void> {
     await this.connect(t);
     const root = packageRoot();
-    const excludes = ['/node_modules/', '/.git/', '/runs/', '.worker/', `/${relative(root, this.local.runsDir)}/`];
+    const excludes = ['/node_modules', '/.git/', '/runs/', '.worker/', `/${relative(root, this.local.runsDir)}/`];
     const push = async (from: string, to: string, ex: string[]) => {
       const r = await rsync(t, { from: `${from}/`, to: `${to}/`, excludes: ex, delete: true, push: true });
       if (r.code !== 0) throw new HostUnavailable(`rsync of ${from} to ${this.host} failed: ${r.stderr.trim()}`);
     };
     await push(root, this.codeDir(t), excludes);
     if (relative(root, this.local.projectDir).startsWith('..')) {
-      await push(this.local.projectDir, this.projectDirOn(t), ['/node_modules/', '/.git/', `/${relative(this.local.projectDir, this.local.runsDir)}/`]);
+      await push(this.local.projectDir, this.projectDirOn(t), ['/node_modules', '/.git/', `/${relative(this.local.projectDir, this.local.runsDir)}/`]);
     }
     const git = gitState(root);
     const lock = existsSync(join(root, 'package-lock.json')) ? readFileSync(join(root, 'package-lock.json')) : Buffer.alloc(0);
