@@ -6,3 +6,9 @@ export { appUrl, runUrl, groupUrl, wandbMode, baseUrlFrom, WandbConfigError, DEF
 export type { WandbSettings, WandbTracking, WandbMode } from './settings.js';
 export { pushArtifact, pullArtifact, parseArtifactRef, checkpointArtifacts, manifestDigest, ArtifactDigestError } from './artifacts.js';
 export type { PushArtifactOptions, PushedArtifact, PullArtifactOptions, CheckpointArtifact, ArtifactFile } from './artifacts.js';
+export { startWandbReplica } from './live.js';
+export { RunReplayer } from './replay.js';
+export { readState, recordArtifact, SyncLock } from './state.js';
+export type { WandbSyncState } from './state.js';
+export { wandbRunIdFor, trackingOfRun } from './destination.js';
+export { wandbRunUrl, wandbGroupUrl, wandbStatus } from './links.js';

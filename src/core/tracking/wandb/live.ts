@@ -37,6 +37,9 @@ export interface LiveReplica {
 
 const NOOP: LiveReplica = { stop: async () => undefined };
 
+/** An empty file_stream this often while nothing else is sent. */
+const HEARTBEAT_MS = 30_000;
+
 /** Retry knobs from the environment (tests make them short; a user may lengthen them). */
 export function envRetry(env: Record<string, string | undefined>): Partial<RetryPolicy> {
   const out: Partial<RetryPolicy> = {};
@@ -71,6 +74,8 @@ export function startWandbReplica(o: LiveReplicaOptions): LiveReplica {
 
   let lock: SyncLock | undefined;
   let replayer: RunReplayer | undefined;
+  let client: WandbClient | undefined;
+  let lastSent = Date.now();
   let down = false;
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
@@ -91,7 +96,7 @@ export function startWandbReplica(o: LiveReplicaOptions): LiveReplica {
     let resolved = state?.entity ?? entity;
     if (!resolved) resolved = await new WandbClient({ baseUrl, apiKey, entity: '', project: o.tracking.project, retry }).viewerEntity(signal);
     if (state && !state.entity) await writeState(runDir, { ...state, entity: resolved });
-    const client = new WandbClient({ baseUrl, apiKey, entity: resolved, project: o.tracking.project, retry });
+    client = new WandbClient({ baseUrl, apiKey, entity: resolved, project: o.tracking.project, retry });
     replayer = new RunReplayer({ runsDir: o.runsDir, runId: o.runId, client, destination: { baseUrl, entity: resolved, project: o.tracking.project, tags: o.tracking.tags ?? [], notes: o.tracking.notes }, secrets: o.secrets, warn: say });
     return replayer;
   };
@@ -101,6 +106,13 @@ export function startWandbReplica(o: LiveReplicaOptions): LiveReplica {
     if (offline || !lock) return;
     try {
       const r = await (await connect(pass.signal)).step({ final: false, complete: false });
+      const sent = r.sent.history + r.sent.events + r.sent.output + r.sent.files;
+      if (sent > 0) lastSent = Date.now();
+      else if (Date.now() - lastSent >= HEARTBEAT_MS && !r.sealedBy) {
+        // A long step logs nothing for a while: W&B would take the silent run for a dead one.
+        await client!.fileStream(r.wandbRunId, {}, pass.signal);
+        lastSent = Date.now();
+      }
       if (down) say(`reachable again; streaming ${r.url}`);
       down = false;
     } catch (err) {
