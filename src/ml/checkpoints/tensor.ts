@@ -106,11 +106,23 @@ export function gatherStrided(storage: Uint8Array, elemBytes: number, offset: nu
   }
   if (contiguous) return storage.subarray(offset * elemBytes, (offset + n) * elemBytes);
   const out = new Uint8Array(n * elemBytes);
+  // Copy whole elements through typed views when the storage is aligned (always, for buffers we read),
+  // else byte by byte. Words of 8-byte elements are copied as two 32-bit halves.
+  const words = elemBytes === 8 ? 2 : 1;
+  const unit = elemBytes === 8 ? 4 : elemBytes;
+  const aligned = (unit === 4 || unit === 2) && storage.byteOffset % unit === 0 && storage.byteLength % unit === 0;
+  const view = (b: Uint8Array): Uint32Array | Uint16Array =>
+    unit === 4 ? new Uint32Array(b.buffer, b.byteOffset, b.byteLength / 4) : new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2);
+  const from = aligned ? view(storage) : null;
+  const to = aligned ? view(out) : null;
   const rank = shape.length;
   const idx = new Array<number>(rank).fill(0);
   let src = offset;
   for (let i = 0; i < n; i++) {
-    out.set(storage.subarray(src * elemBytes, (src + 1) * elemBytes), i * elemBytes);
+    if (from && to) {
+      to[i * words] = from[src * words] as number;
+      if (words === 2) to[i * 2 + 1] = from[src * 2 + 1] as number;
+    } else out.set(storage.subarray(src * elemBytes, (src + 1) * elemBytes), i * elemBytes);
     for (let d = rank - 1; d >= 0; d--) {
       idx[d] = (idx[d] as number) + 1;
       src += stride[d] as number;
