@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, readdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -223,6 +223,48 @@ describe('W&B replica', () => {
     const [done] = await sync(store);
     expect(done!.report!.complete).toBe(true);
     expect(fake.history(run.id)).toHaveLength(1);
+  });
+
+  it('a history rewritten in place (a retry drops the steps after its checkpoint) is read again without sending a step twice', async () => {
+    const store = new RunStore(mkdtempSync(join(tmpdir(), 'minidalle-wandb-')), { env: {} });
+    const run = await stageRun(store);
+    const live = new RunReplayer({ runsDir: store.root, runId: run.id, client: new WandbClient({ baseUrl: fake.url, apiKey: KEY, entity: 'me', project: 'proj', retry: retry() }), destination: { baseUrl: fake.url, entity: 'me', project: 'proj', tags: [] }, secrets: [], warn: (l) => lines.push(l) });
+    for (let step = 1; step <= 6; step++) run_log(run, step);
+    await live.step({ final: false, complete: false });
+    expect(fake.history(run.id).map((h) => h._step)).toEqual([1, 2, 3, 4, 5]);
+    // The retry keeps steps up to its checkpoint (4) in a new file, then logs 5… again.
+    const file = join(run.dir, 'history.jsonl');
+    const kept = readFileSync(file, 'utf8').split('\n').filter((l) => l && (JSON.parse(l) as { _step: number })._step <= 4);
+    writeFileSync(`${file}.tmp`, kept.map((l) => `${l}\n`).join(''));
+    renameSync(`${file}.tmp`, file);
+    for (let step = 5; step <= 8; step++) run_log(run, step);
+    await run.finish('finished', { exit_code: 0 });
+    await live.step({ final: true, complete: true });
+    expect(fake.history(run.id).map((h) => h._step)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+    expect(fake.violations).toEqual([]);
+  });
+
+  it('W&B tables are uploaded, and the key is scrubbed from whatever a stage wrote before it is sent', async () => {
+    const store = new RunStore(mkdtempSync(join(tmpdir(), 'minidalle-wandb-')), { env: {} });
+    const run = await stageRun(store);
+    mkdirSync(join(run.dir, 'media', 'table'), { recursive: true });
+    writeFileSync(join(run.dir, 'media', 'table', 'preds_3_0123456789abcdef0123.table.json'), JSON.stringify({ columns: ['caption', 'score'], data: [['a red circle', 0.9]] }));
+    writeFileSync(join(run.dir, 'eval.table.json'), JSON.stringify({ columns: ['x'], data: [[1]] }));
+    run_log(run, 1);
+    run.summary({ note: `echoed ${KEY}` });
+    await run.flush();
+    const out = run.output();
+    out.line(`the key is ${KEY}`);
+    out.close();
+    await run.finish('finished', { exit_code: 0 });
+    await sync(store, [run.id]);
+    const server = fake.run(run.id);
+    expect(server.uploaded.has('media/table/preds_3_0123456789abcdef0123.table.json')).toBe(true);
+    expect(server.uploaded.has('eval.table.json')).toBe(true);
+    expect(server.summary!.note).toBe('echoed <redacted>');
+    expect(server.files['output.log']![0]).toMatch(/ the key is <redacted>$/);
+    expect(server.runFiles.get('output.log')!.toString('utf8')).not.toContain(KEY);
+    expectKeyOnlyInAuth();
   });
 
   it('a wrong key is a clear error that never shows the key', async () => {
