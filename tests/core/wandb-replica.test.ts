@@ -267,6 +267,19 @@ describe('W&B replica', () => {
     expectKeyOnlyInAuth();
   });
 
+  it("without an entity, sync asks W&B for the key's default entity and records it", async () => {
+    const store = new RunStore(mkdtempSync(join(tmpdir(), 'minidalle-wandb-')), { env: {} });
+    const pipeline = await store.create({ name: 'exp', kind: 'pipeline' }, { name: 'exp', tracking: { tags: [], wandb: { project: 'proj' } }, stages: {} });
+    const run = await store.create({ name: 'exp/a', kind: 'stage', stage: 'a', plugin: 'counter', group: pipeline.id }, { with: {} });
+    run_log(run, 1);
+    await run.finish('finished', { exit_code: 0 });
+    const [o] = await sync(store);
+    expect(o!.report!.url).toBe(`${fake.url}/me/proj/runs/${run.id}`);
+    expect(fake.requests[0]!.op).toBe('Viewer');
+    expect((await readState(run.dir))!.entity).toBe('me');
+    expect(fake.run(run.id).entity).toBe('me');
+  });
+
   it('a wrong key is a clear error that never shows the key', async () => {
     const store = new RunStore(mkdtempSync(join(tmpdir(), 'minidalle-wandb-')), { env: {} });
     const run = await stageRun(store);

@@ -137,7 +137,8 @@ export function startWandbReplica(o: LiveReplicaOptions): LiveReplica {
         say(mode === 'offline' ? `WANDB_MODE=offline: recorded locally; \`minidalle sync ${o.runId}\` sends it` : `WANDB_API_KEY is not set: recorded locally; \`minidalle sync ${o.runId}\` sends it once the key is set`);
       } else lock = await SyncLock.acquire(runDir);
       const state = await readState(runDir);
-      if (!offline && state) say(`streaming to ${runUrl({ baseUrl, entity: state.entity ?? '?', project: state.project, runId: state.wandb_run_id })}`);
+      // Without a configured entity the address is known once W&B named the key's default entity (said at the end).
+      if (!offline && state?.entity) say(`streaming to ${runUrl({ baseUrl, entity: state.entity, project: state.project, runId: state.wandb_run_id })}`);
     } catch (err) {
       say(`${(err as Error).message}; not streaming this run live (\`minidalle sync ${o.runId}\` sends it later)`);
     }
