@@ -109,6 +109,24 @@ describe('Hub replica against a local Hub', () => {
     expect(readFileSync(join(again.dir, 'config.json')).equals(readFileSync(join(dir, 'config.json')))).toBe(true);
   });
 
+  it('a wrong token is refused with a message that says to check HF_TOKEN and never quotes the token, even when the server does', async () => {
+    const wrong = `hf_${randomBytes(12).toString('hex')}`;
+    hub.echoAuthorization = true;
+    try {
+      const bad = { hubUrl: hub.url, token: wrong };
+      const push = await pushFolder({ repo: 'me/denied', dir: modelFolder(), title: 't', settings: bad }).catch((e: Error) => e);
+      const pull = await pullHubRepo(parseHubRef('me/shapes'), { cacheDir: mkdtempSync(join(tmpdir(), 'hub-cache-')), settings: bad }).catch((e: Error) => e);
+      for (const err of [push, pull]) {
+        expect(err).toBeInstanceOf(Error);
+        const text = `${(err as Error).message}\n${(err as Error).stack}`;
+        expect(text).toMatch(/Invalid credentials in Authorization header 'Bearer <redacted>'.*check HF_TOKEN/);
+        expect(text).not.toContain(wrong);
+      }
+    } finally {
+      hub.echoAuthorization = false;
+    }
+  });
+
   it('refuses bad refs and a missing token with a clear message', async () => {
     expect(() => parseHubRef('no-owner')).toThrow(/expected <owner>\/<name>/);
     expect(() => parseHubRef('me/x@')).toThrow(/revision after '@'/);
