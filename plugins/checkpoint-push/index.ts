@@ -51,6 +51,8 @@ export default definePlugin({
   async run(ctx) {
     const c = ctx.config;
     const { stage, input, dir } = source(ctx.inputs, c);
+    // Everything W&B needs is checked before the Hub push, so a missing key does not leave a half-done push.
+    const wandb = c.wandb === false ? undefined : wandbSettings(c);
     // The producing run's record and full summary (with `_best`) from its run directory, for the model card.
     const producer = await readJson(join(dirname(input.outDir), 'run.json'));
     const summary = { ...input.summary, ...(await readJson(join(dirname(input.outDir), 'summary.json'))) };
@@ -73,13 +75,10 @@ export default definePlugin({
       record.hub = { repo: pushed.repo, commit: pushed.commit, url: pushed.commitUrl, files: pushed.files.length };
       ctx.logger.info(`${NAME}: ${dir} → hf:${pushed.repo}@${pushed.commit} (${pushed.files.length} files${pushed.created ? ', repo created' : ''}${pushed.deleted.length ? `, ${pushed.deleted.length} removed` : ''})`);
     }
-    if (c.wandb !== false) {
-      const settings = wandbSettings(c);
-      if ('skipped' in settings) ctx.logger.warn(`${NAME}: ${settings.skipped}`);
-      else {
-        record.wandb = await pushToWandb(settings, input.runId, [await modelArtifact(dir, input.runId, step, vqgan)], ctx.signal);
-        ctx.logger.info(`${NAME}: ${dir} → W&B ${settings.entity}/${settings.project}/${record.wandb.map((a) => `${a.name}:${a.version}`).join(', ')}`);
-      }
+    if (wandb && 'skipped' in wandb) ctx.logger.warn(`${NAME}: ${wandb.skipped}`);
+    else if (wandb) {
+      record.wandb = await pushToWandb(wandb, input.runId, [await modelArtifact(dir, input.runId, step, vqgan)], ctx.signal);
+      ctx.logger.info(`${NAME}: ${dir} → W&B ${wandb.entity}/${wandb.project}/${record.wandb.map((a) => `${a.name}:${a.version}`).join(', ')}`);
     }
     await writeFile(join(ctx.outDir, 'pushed.json'), `${JSON.stringify(record, null, 1)}\n`);
     return {
@@ -97,6 +96,7 @@ export default definePlugin({
       seen.set(event.runId, n);
       if (n % c.every !== 0) return;
       const { dir, step } = event.checkpoint;
+      const wandb = c.wandb === false ? undefined : wandbSettings(c);
       const parts = await splitCheckpoint(dir, event.runId, { step });
       const record: PushRecord = { step };
       if (c.hub) {
@@ -107,11 +107,8 @@ export default definePlugin({
         const pushed = await pushToHub(c, dir, { experiment, stage, plugin: ctx.plugin, runId: event.runId, step, summary }, 'checkpoint', { files: model.files.map((f) => f.path) });
         record.hub = { repo: pushed.repo, commit: pushed.commit, url: pushed.commitUrl, files: pushed.files.length };
       }
-      if (c.wandb !== false) {
-        const settings = wandbSettings(c);
-        if ('skipped' in settings) ctx.logger.warn(`${NAME}: ${settings.skipped}`);
-        else record.wandb = await pushToWandb(settings, event.runId, parts);
-      }
+      if (wandb && 'skipped' in wandb) ctx.logger.warn(`${NAME}: ${wandb.skipped}`);
+      else if (wandb) record.wandb = await pushToWandb(wandb, event.runId, parts);
       ctx.logger.info(`${NAME}: checkpoint step-${step} of run ${event.runId} → ${describePush(record)}`);
     },
   },

@@ -193,6 +193,16 @@ observers:
     }
   });
 
+  it('a missing W&B key fails the stage before anything is pushed to the Hub', async () => {
+    const dir = pushProject({
+      'e.yaml': 'name: nokey\nstages:\n  train: { plugin: model-steps, with: { steps: 1 } }\n  push: { plugin: checkpoint-push, needs: [train], with: { hub: me/half, wandb: { entity: me, project: p } } }\n',
+    });
+    const r = await start(dir, ['run', 'e.yaml'], { env: { ...env, WANDB_API_KEY: '' } }).exited;
+    expect(r.code).toBe(1);
+    expect(runRecords(dir).find((x) => x.stage === 'push')!.error).toBe('checkpoint-push: pushing to W&B needs WANDB_API_KEY in the environment');
+    expect(hub.hasRepo('me/half')).toBe(false);
+  });
+
   it('refuses a config with nowhere to push, with file:line', () => {
     const dir = pushProject({ 'e.yaml': 'name: v\nstages:\n  train: { plugin: model-steps }\n  push: { plugin: checkpoint-push, needs: [train], with: { hub: not-a-repo } }\n' });
     const r = cli(dir, ['validate', 'e.yaml']);
