@@ -195,7 +195,9 @@ export function buildCli(argv: string[]) {
           .option('out', { type: 'string', default: 'report.html', describe: 'the HTML file to write' })
           .option('png', { type: 'boolean', default: false, describe: 'also write a one-page summary PNG beside it (same name, .png)' }),
       async (args) => {
-        const { project } = await context();
+        // the project config alone: loading the plugins (and tfjs with them) would double the time a report takes
+        const { loadProjectConfig } = await import('./core/config/project.js');
+        const project = await loadProjectConfig();
         const { reportCommand } = await import('./commands/report.js');
         const r = await reportCommand({ runs: args.runs.map(String), runsDir: project.runsDir, out: args.out, png: args.png });
         for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`);
@@ -238,7 +240,8 @@ export function buildCli(argv: string[]) {
           .option('clip', { type: 'string', describe: 'clip-train run id (prefix) or CLIP folder: scores and re-ranks the demo images' })
           .option('token', { type: 'string', describe: 'required on every request (default: MINIDALLE_UI_TOKEN)' }),
       async (args) => {
-        const { project } = await context();
+        const { loadProjectConfig } = await import('./core/config/project.js');
+        const project = await loadProjectConfig();
         const { uiCommand } = await import('./commands/ui.js');
         const ui = await uiCommand({
           runsDir: project.runsDir,

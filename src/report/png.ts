@@ -93,7 +93,7 @@ export function summarySvg(data: ReportData): string {
   // the newest image of each media key, scaled to one row height
   const images: { img: EmbeddedImage; label: string }[] = data.runs.flatMap((r) => r.media.flatMap((m) => (m.images[0] ? [{ img: m.images[0].image, label: `${r.stage}: ${m.key} @${m.images[0].step}` }] : [])));
   let left = PAD;
-  const rowH = 230;
+  const rowH = 320;
   let rowUsed = false;
   for (const { img, label } of images) {
     if (img.width === 0 || img.height === 0) continue;

@@ -138,6 +138,7 @@ export async function startUiServer(o: UiServerOptions): Promise<UiServer> {
       send(res, 200, page(), 'text/html; charset=utf-8', { 'Content-Security-Policy': UI_CSP, 'X-Frame-Options': 'DENY', ...cookie });
       return;
     }
+    if (method === 'GET' && path === '/favicon.ico') return send(res, 204, '', 'image/x-icon');
     if (method === 'GET' && path === '/assets/ui.js') return send(res, 200, readWebAsset('ui.js'), 'text/javascript; charset=utf-8');
     if (method === 'GET' && path === '/assets/uplot.css') return send(res, 200, readWebAsset('uplot.css'), 'text/css; charset=utf-8');
 

@@ -164,12 +164,23 @@ describe('demo', () => {
   });
 
   it('a second request while one runs is queued: it starts after the first has finished', async () => {
-    const [first, second] = await Promise.all([post({ prompt: 'a green star', samples: 4, seed: 1 }), post({ prompt: 'a green star', samples: 1, seed: 2 })]);
-    expect(first.status).toBe(200);
-    expect(second.status).toBe(200);
-    expect(first.body.queued_behind).toBe(0);
-    expect(second.body.queued_behind).toBe(1);
-    expect(second.body.started_ms).toBeGreaterThanOrEqual(first.body.finished_ms);
+    const both = await Promise.all([post({ prompt: 'a green star', samples: 6, seed: 1 }), post({ prompt: 'a green star', samples: 6, seed: 2 })]);
+    for (const r of both) expect(r.status, r.text).toBe(200);
+    // whichever the server read first ran first; the other waited for all of it
+    const [first, second] = [...both].sort((x, y) => x.body.started_ms - y.body.started_ms);
+    expect(first!.body.queued_behind).toBe(0);
+    expect(second!.body.queued_behind).toBe(1);
+    expect(second!.body.started_ms).toBeGreaterThanOrEqual(first!.body.finished_ms);
+  });
+
+  it('the stream hands out each image as it is decoded, then the ranking; a stream behind another says it waits', async () => {
+    const stream = (body: unknown) => fetch(`${server.url}/api/generate/stream`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) }).then(async (r) => (await r.text()).trim().split('\n').map((l) => JSON.parse(l) as { type: string; position?: number; image?: { sample: number } }));
+    const both = await Promise.all([stream({ prompt: 'a yellow heart', samples: 3, seed: 4 }), stream({ prompt: 'a yellow heart', samples: 3, seed: 5 })]);
+    const [a, b] = [...both].sort((x, y) => Number(x.some((e) => e.type === 'queued')) - Number(y.some((e) => e.type === 'queued')));
+    expect(a!.map((e) => e.type)).toEqual(['request', 'start', 'image', 'image', 'image', 'done']);
+    expect(a!.filter((e) => e.type === 'image').map((e) => e.image!.sample)).toEqual([0, 1, 2]);
+    expect(b!.map((e) => e.type)).toEqual(['request', 'queued', 'start', 'image', 'image', 'image', 'done']);
+    expect(b![1]!.position).toBe(1);
   });
 
   it('bounds what a request may ask: prompt length, samples, fields, body size', async () => {
