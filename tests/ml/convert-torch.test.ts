@@ -189,13 +189,15 @@ describe.skipIf(skip !== null)(`PyTorch checkpoints → model folders${skip ? ` 
     expect(existsSync(join(out, 'model.safetensors'))).toBe(false);
   });
 
-  it('loaders handed a .ckpt, a .bin folder or a .msgpack give the exact convert command, which works', async () => {
+  it('loaders (VQGAN, BART, CLIP) handed a .ckpt, a .bin or a .msgpack give the exact convert command, which works', async () => {
     const ckpt = join(dir, 'vqgan-mismatch', 'last.ckpt');
     await expect(loadVqgan(ckpt)).rejects.toThrow(`${ckpt} is a PyTorch/Flax checkpoint, not a model folder: convert it first with \`minidalle convert ${ckpt} --to ${join(dir, 'vqgan-mismatch', 'last')}-minidalle\``);
     await expect(loadVqgan(join(dir, 'vqgan-flax', 'flax_model.msgpack'))).rejects.toThrow(/flax_model\.msgpack is a PyTorch\/Flax checkpoint.*minidalle convert .*flax_model\.msgpack --to .*flax_model-minidalle/);
     const bart = join(dir, 'bart');
     const err = (await loadDalleBart(bart).catch((e: unknown) => e)) as Error;
     expect(err.message).toBe(`${bart}: has no model.safetensors, only pytorch_model.bin: convert it first with \`minidalle convert ${bart} --to ${bart}-minidalle\` and load the folder it writes`);
+    await expect(loadClip(join(dir, 'clip', 'pytorch_model.bin'))).rejects.toThrow(`convert it first with \`minidalle convert ${join(dir, 'clip', 'pytorch_model.bin')} --to ${join(dir, 'clip', 'pytorch_model')}-minidalle\``);
+    await expect(loadClip(join(dir, 'clip'))).rejects.toThrow(/has no model\.safetensors, only pytorch_model\.bin: convert it first/);
     const [, input, to] = /`minidalle convert (\S+) --to (\S+)`/.exec(err.message) ?? [];
     await convertCheckpoint({ input: input as string, to: to as string });
     const model = await loadDalleBart(to as string);

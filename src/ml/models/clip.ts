@@ -27,6 +27,7 @@ import { attention, feedForward, layerNorm, linear, sparseCrossEntropy, type Act
 import { fromTorchLayout, LoadParamsError, Params, saveParamsFile, type LoadMismatch, type ParamKind } from '../params.js';
 import { Rng } from '../rng.js';
 import type { TextTokenizer } from '../tokenizers/index.js';
+import { convertHint } from '../checkpoints/hint.js';
 import { forEachCheckpointTensor, openHfCheckpoint } from './dallebart.js';
 
 // ---------------------------------------------------------------------------------------------------
@@ -547,7 +548,7 @@ export async function saveClip(model: Clip, dir: string): Promise<void> {
  * load with the whole list (LoadParamsError).
  */
 export async function loadClip(dir: string): Promise<Clip> {
-  if (!existsSync(join(dir, CLIP_CONFIG_FILE))) throw new ClipError(`${dir}: no ${CLIP_CONFIG_FILE} (a CLIP model folder has config.json, model.safetensors and tokenizer.json)`);
+  if (!existsSync(join(dir, CLIP_CONFIG_FILE))) throw new ClipError(convertHint(dir) ?? `${dir}: no ${CLIP_CONFIG_FILE} (a CLIP model folder has config.json, model.safetensors and tokenizer.json)`);
   const config = readClipConfig(dir);
   const ckpt = openHfCheckpoint(dir);
   const specs = clipParamSpecs(config);
