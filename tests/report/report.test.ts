@@ -188,6 +188,18 @@ describe('minidalle report', () => {
     expect(renderReportHtml(data)).toMatch(/\d+ image\(s\) not embedded to keep the file small/);
   });
 
+  it('a pipeline still running (no meta.stages yet) shows the stage runs grouped under it', async () => {
+    const p = await store.create({ name: 'exp', kind: 'pipeline', experiment: 'exp.yaml' }, {});
+    const a = await store.create({ name: 'exp/vqgan', kind: 'stage', stage: 'vqgan', group: p.id }, {});
+    a.log({ 'train/loss': 1 }, 1);
+    await a.flush();
+    const data = await collectReport(store, [p.id], { env: ENV });
+    expect(data.runs.map((r) => [r.stage, r.status])).toEqual([['vqgan', 'running']]);
+    expect(renderReportHtml(data)).toContain('status-running');
+    await a.finish('stopped');
+    await p.finish('stopped');
+  });
+
   it('reports single runs too, and names a run that does not exist', async () => {
     const data = await collectReport(store, [data0()], { env: ENV });
     expect(data.pipeline).toBeUndefined();
