@@ -327,7 +327,9 @@ export function buildCli(argv: string[]) {
           .option('top-p', { type: 'number', describe: "nucleus sampling: the smallest set of codes reaching p (default: the model's, else 1)" })
           .option('temperature', { type: 'number', describe: "softmax temperature (default: the model's, else 1)" })
           .option('cond-scale', { type: 'number', describe: "super-conditioning scale, 1 = off (default: the model's, else 10 as dalle-mini)" })
-          .option('out', { type: 'string', default: 'generations', describe: 'output folder' }),
+          .option('out', { type: 'string', default: 'generations', describe: 'output folder' })
+          .option('clip', { type: 'string', describe: 're-rank each prompt\'s samples by CLIP score: a clip-train run id, a CLIP folder, hf:… or wandb:…' })
+          .option('top', { type: 'number', describe: 'with --clip: keep the best K images per prompt' }),
       async (args) => {
         const { project } = await context();
         const { generateCommand } = await import('./commands/generate.js');
@@ -345,6 +347,8 @@ export function buildCli(argv: string[]) {
           ...(args.temperature !== undefined ? { temperature: args.temperature } : {}),
           ...(args.condScale !== undefined ? { condScale: args.condScale } : {}),
           out: args.out,
+          ...(args.clip !== undefined ? { clip: args.clip } : {}),
+          ...(args.top !== undefined ? { top: args.top } : {}),
           progress: { start: (total, unit) => board.start('generate', total, unit), tick: (n) => board.tick('generate', n), end: () => board.end('generate') },
           log: (line) => board.line(line),
         });

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import clipEval, { ClipEvalConfig } from '../../plugins/clip-eval/index.js';
+import { generateCommand } from '../../src/commands/generate.js';
 import clipTrain, { ClipTrainConfig } from '../../plugins/clip-train/index.js';
 import seq2seq, { Seq2SeqTrainConfig } from '../../plugins/seq2seq-train/index.js';
 import { checkPluginShape } from '../../src/core/plugins/registry.js';
@@ -73,5 +74,26 @@ describe('clip-eval', () => {
     }
     expect(media.map((x) => x.key)).toEqual(['reranked/0', 'reranked/1']);
     expect(existsSync(res.artifacts!.images!)).toBe(true);
+  });
+
+  it('minidalle generate --clip re-ranks each prompt\'s samples and keeps the best --top, scores in generations.json', async () => {
+    const quiet = { progress: { start: () => {}, tick: () => {}, end: () => {} }, log: () => {} };
+    const base = { prompts: ['a red circle on the left', 'a small blue star'], model: inputs.seq2seq!.artifacts.model!, runsDir: join(root, 'runs'), samples: 5, seed: 3, ...quiet };
+    const out = join(root, 'gen');
+    const res = await generateCommand({ ...base, out, clip: join(inputs.clip!.outDir, '..'), top: 2 });
+    expect(res.files.filter((f) => f.endsWith('.png')).sort()).toEqual(['grid.png', 'p00-rank00.png', 'p00-rank01.png', 'p01-rank00.png', 'p01-rank01.png']);
+    const gen = JSON.parse(readFileSync(join(out, 'generations.json'), 'utf8')) as { top: number; images: { prompt_index: number; rank: number; clip_score: number; sample: number }[] };
+    expect(gen.top).toBe(2);
+    for (const p of [0, 1]) {
+      const rows = gen.images.filter((im) => im.prompt_index === p);
+      expect(rows.map((r) => r.rank)).toEqual([0, 1]);
+      expect(rows[0]!.clip_score).toBeGreaterThanOrEqual(rows[1]!.clip_score);
+    }
+    // the kept images are the best of all five: without --top every sample is scored, and none beats rank 0
+    const all = await generateCommand({ ...base, out: join(root, 'gen-all'), clip: inputs.clip!.artifacts.clip! });
+    const every = JSON.parse(readFileSync(join(all.out, 'generations.json'), 'utf8')) as typeof gen;
+    expect(every.images).toHaveLength(10);
+    for (const p of [0, 1]) expect(Math.max(...every.images.filter((im) => im.prompt_index === p).map((im) => im.clip_score))).toBe(gen.images.find((im) => im.prompt_index === p && im.rank === 0)!.clip_score);
+    await expect(generateCommand({ ...base, out: join(root, 'gen-x'), top: 2 })).rejects.toThrow(/--top .*--clip/);
   });
 });
