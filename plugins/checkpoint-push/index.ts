@@ -15,7 +15,7 @@ import { dirname, join } from 'node:path';
 import { folderFiles } from '../../src/core/hub/index.js';
 import { definePlugin, type StageOutputs } from '../../src/core/plugins/types.js';
 import { CheckpointPushConfig } from './config.js';
-import { CheckpointPushError, describePush, modelArtifact, movableVqgan, pushToHub, pushToWandb, splitCheckpoint, wandbSettings, type PushRecord } from './push.js';
+import { CheckpointPushError, describePush, modelArtifact, movableVqgan, pushToHub, pushToWandb, splitCheckpoint, wandbTarget, type PushRecord } from './push.js';
 
 const NAME = 'checkpoint-push';
 
@@ -52,7 +52,7 @@ export default definePlugin({
     const c = ctx.config;
     const { stage, input, dir } = source(ctx.inputs, c);
     // Everything W&B needs is checked before the Hub push, so a missing key does not leave a half-done push.
-    const wandb = c.wandb === false ? undefined : wandbSettings(c);
+    const wandb = c.wandb === false ? undefined : await wandbTarget(c, dirname(input.outDir), process.env, ctx.signal);
     // The producing run's record and full summary (with `_best`) from its run directory, for the model card.
     const producer = await readJson(join(dirname(input.outDir), 'run.json'));
     const summary = { ...input.summary, ...(await readJson(join(dirname(input.outDir), 'summary.json'))) };
@@ -77,8 +77,8 @@ export default definePlugin({
     }
     if (wandb && 'skipped' in wandb) ctx.logger.warn(`${NAME}: ${wandb.skipped}`);
     else if (wandb) {
-      record.wandb = await pushToWandb(wandb, input.runId, [await modelArtifact(dir, input.runId, step, vqgan)], ctx.signal);
-      ctx.logger.info(`${NAME}: ${dir} → W&B ${wandb.entity}/${wandb.project}/${record.wandb.map((a) => `${a.name}:${a.version}`).join(', ')}`);
+      record.wandb = await pushToWandb(wandb, [await modelArtifact(dir, wandb.wandbRunId, step, vqgan)], ctx.signal);
+      ctx.logger.info(`${NAME}: ${dir} → W&B ${wandb.settings.entity}/${wandb.settings.project}/${record.wandb.map((a) => `${a.name}:${a.version}`).join(', ')}`);
     }
     await writeFile(join(ctx.outDir, 'pushed.json'), `${JSON.stringify(record, null, 1)}\n`);
     return {
@@ -96,8 +96,9 @@ export default definePlugin({
       seen.set(event.runId, n);
       if (n % c.every !== 0) return;
       const { dir, step } = event.checkpoint;
-      const wandb = c.wandb === false ? undefined : wandbSettings(c);
-      const parts = await splitCheckpoint(dir, event.runId, { step });
+      const wandb = c.wandb === false ? undefined : await wandbTarget(c, ctx.runDir);
+      // dalle-mini names the artifacts after the W&B run (a resumed run keeps its first run's id).
+      const parts = await splitCheckpoint(dir, wandb && !('skipped' in wandb) ? wandb.wandbRunId : event.runId, { step });
       const record: PushRecord = { step };
       if (c.hub) {
         const model = parts.find((p) => p.type === 'model');
@@ -108,7 +109,7 @@ export default definePlugin({
         record.hub = { repo: pushed.repo, commit: pushed.commit, url: pushed.commitUrl, files: pushed.files.length };
       }
       if (wandb && 'skipped' in wandb) ctx.logger.warn(`${NAME}: ${wandb.skipped}`);
-      else if (wandb) record.wandb = await pushToWandb(wandb, event.runId, parts);
+      else if (wandb) record.wandb = await pushToWandb(wandb, parts);
       ctx.logger.info(`${NAME}: checkpoint step-${step} of run ${event.runId} → ${describePush(record)}`);
     },
   },

@@ -4,11 +4,25 @@
  * Credentials come from the environment only: HF_TOKEN, WANDB_API_KEY.
  */
 import { existsSync } from 'node:fs';
-import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readFile, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { folderFiles, hubSettingsFromEnv, modelCard, pushFolder, type PushResult } from '../../src/core/hub/index.js';
 import { MinidalleError } from '../../src/core/errors.js';
-import { baseUrlFrom, checkpointArtifacts, pushArtifact, wandbMode, type CheckpointArtifact, type PushedArtifact, type WandbSettings } from '../../src/core/tracking/wandb/index.js';
+import { RunStore, type RunRecord } from '../../src/core/runs/index.js';
+import {
+  baseUrlFrom,
+  checkpointArtifacts,
+  pushArtifact,
+  readState,
+  recordArtifact,
+  trackingOfRun,
+  wandbMode,
+  wandbRunIdFor,
+  WandbClient,
+  type CheckpointArtifact,
+  type PushedArtifact,
+  type WandbSettings,
+} from '../../src/core/tracking/wandb/index.js';
 import type { CheckpointPushConfig } from './config.js';
 
 export class CheckpointPushError extends MinidalleError {
@@ -22,17 +36,38 @@ export interface PushRecord {
   wandb?: { name: string; version: string; digest: string }[];
 }
 
-/** W&B settings from the config and the environment, or why W&B is skipped (WANDB_MODE). */
-export function wandbSettings(c: CheckpointPushConfig, env: NodeJS.ProcessEnv = process.env): WandbSettings | { skipped: string } {
+/** Where W&B artifacts of a run go: the settings, and the W&B run (and collection suffix) they belong to. */
+export interface WandbTarget {
+  settings: WandbSettings;
+  /** The W&B run id: the live replica's (a resumed run keeps its first run's), else the run's own id. */
+  wandbRunId: string;
+  /** The run directory whose sync state records pushed artifacts, when the replica has one. */
+  runDir: string;
+  replicated: boolean;
+}
+
+/**
+ * W&B target of the run in `runDir`, from (first that is set) the plugin's `wandb: { entity, project }`, the
+ * run's W&B sync state (the live replica's), the experiment's `tracking.wandb`, WANDB_ENTITY / WANDB_PROJECT;
+ * an entity still unknown is the API key's default entity. Or why W&B is skipped (WANDB_MODE).
+ */
+export async function wandbTarget(c: CheckpointPushConfig, runDir: string, env: NodeJS.ProcessEnv = process.env, signal?: AbortSignal): Promise<WandbTarget | { skipped: string }> {
   const mode = wandbMode(env);
   if (mode !== 'online') return { skipped: `WANDB_MODE=${env.WANDB_MODE}: W&B artifacts are not pushed` };
-  const given = typeof c.wandb === 'object' ? c.wandb : { entity: '', project: '' };
-  const entity = given.entity || env.WANDB_ENTITY || '';
-  const project = given.project || env.WANDB_PROJECT || '';
-  if (!entity || !project) throw new CheckpointPushError(`checkpoint-push: W&B needs an entity and a project: set with.wandb: { entity, project } or WANDB_ENTITY and WANDB_PROJECT`);
   const apiKey = env.WANDB_API_KEY?.trim();
   if (!apiKey) throw new CheckpointPushError('checkpoint-push: pushing to W&B needs WANDB_API_KEY in the environment');
-  return { baseUrl: baseUrlFrom(env), apiKey, entity, project };
+  const given = typeof c.wandb === 'object' ? c.wandb : { entity: '', project: '' };
+  const record = JSON.parse(await readFile(join(runDir, 'run.json'), 'utf8')) as RunRecord;
+  const runsDir = dirname(runDir);
+  const state = await readState(runDir);
+  const tracking = trackingOfRun(new RunStore(runsDir, { onWarning: () => {} }), record);
+  const project = given.project || state?.project || tracking?.project || env.WANDB_PROJECT || '';
+  if (!project) throw new CheckpointPushError('checkpoint-push: no W&B project: set with.wandb: { project }, tracking.wandb.project, or WANDB_PROJECT');
+  const baseUrl = baseUrlFrom(env);
+  let entity = given.entity || state?.entity || tracking?.entity || env.WANDB_ENTITY || '';
+  if (!entity) entity = await new WandbClient({ baseUrl, apiKey, entity: '', project }).viewerEntity(signal);
+  const wandbRunId = state?.wandb_run_id ?? (await wandbRunIdFor(runsDir, record));
+  return { settings: { baseUrl, apiKey, entity, project }, wandbRunId, runDir, replicated: state !== undefined };
 }
 
 /**
@@ -94,9 +129,14 @@ export async function modelArtifact(dir: string, runId: string, step: number | u
   return { name: `model-${runId}`, type: 'model', files, metadata: step === undefined ? {} : { step }, aliases: step === undefined ? ['latest'] : ['latest', `step-${step}`] };
 }
 
-export async function pushToWandb(settings: WandbSettings, runId: string, artifacts: CheckpointArtifact[], signal?: AbortSignal): Promise<PushedArtifact[]> {
+/** Pushes artifacts under the target's W&B run, and records them in the run's sync state when it has one. */
+export async function pushToWandb(target: WandbTarget, artifacts: CheckpointArtifact[], signal?: AbortSignal): Promise<PushedArtifact[]> {
   const out: PushedArtifact[] = [];
-  for (const a of artifacts) out.push(await pushArtifact({ settings, runId, ...a, ...(signal ? { signal } : {}) }));
+  for (const a of artifacts) {
+    const pushed = await pushArtifact({ settings: target.settings, runId: target.wandbRunId, ...a, ...(signal ? { signal } : {}) });
+    if (target.replicated) await recordArtifact(target.runDir, pushed);
+    out.push(pushed);
+  }
   return out;
 }
 

@@ -60,12 +60,13 @@ describe('checkpoint-push against a local Hub and W&B', () => {
   it('as a stage: pushes the model folder of its need to the Hub (one commit, model card) and W&B; hf: and wandb: refs pull it back', async () => {
     const dir = pushProject({
       'e.yaml': `name: cp
+tracking: { wandb: { entity: me, project: proj } }
 stages:
   train: { plugin: model-steps, with: { steps: 3 } }
   push:
     plugin: checkpoint-push
     needs: [train]
-    with: { hub: me/shapes, wandb: { entity: me, project: proj } }
+    with: { hub: me/shapes, wandb: true }
 `,
     });
     const r = await start(dir, ['run', 'e.yaml'], { env }).exited;
@@ -96,6 +97,10 @@ stages:
     expect(art.aliases.sort()).toEqual(['latest', 'step-3']);
     expect([...art.files.keys()].sort()).toEqual([...folder, 'vqgan/config.json', 'vqgan/model.safetensors']);
     expect(art.files.get('model.safetensors')!.equals(await weights(3))).toBe(true);
+    // The W&B run is the one the live replica streamed (tracking.wandb), and its sync state records the artifact.
+    expect(wandb.run(String(train.id)).project).toBe('proj');
+    const sync = JSON.parse(readFileSync(join(dir, 'runs', String(train.id), 'sync', 'wandb.json'), 'utf8'));
+    expect(Object.keys(sync.artifacts)).toEqual([`model-${train.id}:v0`]);
 
     const pushed = JSON.parse(readFileSync(join(dir, 'runs', String(push.id), 'out', 'pushed.json'), 'utf8'));
     expect(pushed).toMatchObject({ step: 3, hub: { repo: 'me/shapes', commit: head!.oid, files: 7 }, wandb: [{ name: `model-${train.id}`, version: 'v0' }] });
