@@ -13,7 +13,7 @@ export const CheckpointPushConfig = z
     wandb: z
       .union([z.boolean(), z.object({ entity: z.string().default(''), project: z.string().default('') }).strict()])
       .default(false)
-      .describe('push W&B artifacts model-<runid> (and state-<runid> for checkpoints): true takes WANDB_ENTITY/WANDB_PROJECT, or give { entity, project }; the key is WANDB_API_KEY'),
+      .describe("push W&B artifacts model-<runid> (and state-<runid> for checkpoints) to the run's W&B run: true = the experiment's tracking.wandb (else WANDB_ENTITY/WANDB_PROJECT), or give { entity, project }; the key is WANDB_API_KEY"),
     from: z.string().default('').describe("as a stage: the stage in needs whose artifact is pushed ('' = the only one)"),
     artifact: z.string().default('model').describe("as a stage: that stage's artifact (a folder) to push"),
     every: z.number().int().min(1).default(1).describe('as an observer: push every Nth checkpoint of a watched run'),
