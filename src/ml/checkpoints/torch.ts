@@ -92,6 +92,8 @@ function torchAllowed(): Map<string, AllowedCall> {
   const m = new Map<string, AllowedCall>(BASIC_ALLOWED);
   m.set('torch._utils._rebuild_tensor_v2', rebuildTensor);
   m.set('torch._utils._rebuild_tensor', rebuildTensor);
+  // torch ≥ 2.1 may write v3 (an explicit dtype after the hooks); the storage's type already gives it
+  m.set('torch._utils._rebuild_tensor_v3', rebuildTensor);
   // nn.Parameter(data, requires_grad, hooks): the data is the tensor
   const param: AllowedCall = (args) => {
     if (!(args[0] instanceof TensorRef)) throw new Error('a Parameter must wrap a tensor');
