@@ -13,7 +13,7 @@ const PANEL_H = 300;
 const MARGIN = { left: 64, right: 16, top: 36, bottom: 52 };
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
-const label = (x: number) => (Math.abs(x) >= 1e4 || (Math.abs(x) < 1e-2 && x !== 0) ? x.toExponential(1) : Number(x.toPrecision(3)).toString());
+const label = (x: number) => (Math.abs(x) >= 1e5 || (Math.abs(x) < 1e-4 && x !== 0) ? x.toExponential(1) : Number(x.toPrecision(3)).toString());
 
 /** About `n` round tick values covering [lo, hi]. */
 export function niceTicks(lo: number, hi: number, n = 5): number[] {
@@ -100,13 +100,14 @@ export function sweepPlotSvg(results: SweepResults, parameters: Record<string, P
   [yLo, yHi] = [yLo - pad, yHi + pad];
   const keys = Object.keys(parameters);
   const width = PANEL_W * keys.length;
-  const height = PANEL_H + 24;
+  const height = PANEL_H + 34;
   const body = keys.map((k, i) => panel(k, parameters[k], points, metric, yLo, yHi, i * PANEL_W)).join('\n');
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="DejaVu Sans, sans-serif">`,
     `<rect width="100%" height="100%" fill="white"/>`,
     body,
-    `<text x="8" y="${height - 6}" font-size="11" fill="#555">${esc(title)} — ${esc(metric)} (${results.metric!.goal}); orange: best, hollow: stopped</text>`,
+    `<text x="8" y="${height - 20}" font-size="11" fill="#555">${esc(title)}</text>`,
+    `<text x="8" y="${height - 6}" font-size="11" fill="#555">${esc(metric)} (${results.metric!.goal}); orange: best, hollow: stopped</text>`,
     '</svg>',
   ].join('\n');
 }

@@ -256,7 +256,8 @@ function watchEarlyStop(
       record.members[i]!.early_stop = { step: rule.step, value, median: med, over: others, stopped: worse };
       if (worse && controllers.has(i)) {
         earlyStopped.add(i);
-        say(`sweep ${record.id}: member ${i}: ${metric.name} = ${value} at step ≥ ${rule.step} is worse than the median ${med} of members ${others.join(', ')}: stopping it (median rule)`);
+        const show = (x: number) => Number(x.toPrecision(5));
+        say(`sweep ${record.id}: member ${i}: ${metric.name} = ${show(value)} at step ≥ ${rule.step} is worse than the median ${show(med)} of members ${others.join(', ')}: stopping it (median rule)`);
         controllers.get(i)!.abort();
       }
       await save();
