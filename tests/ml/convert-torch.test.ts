@@ -22,6 +22,8 @@ import { makeCheckpoints, readDecodeReference, readReference, safetensorsBytes, 
 import { useCpu } from './helpers.js';
 
 const skip = torchUnavailable();
+// said once per file, so a skipped run shows why (the describe name carries it too)
+if (skip) console.warn(`${import.meta.filename}: skipped: ${skip}`);
 let dir = '';
 let sideEffect = '';
 
