@@ -73,7 +73,7 @@ describe.skipIf(skip !== null)(`PyTorch checkpoints → model folders${skip ? ` 
     expect(r.format).toBe('torch-zip');
     expect(r.kind).toBe('vqgan');
     expect(r.statePath).toBe('state_dict');
-    expect(r.configFile).toBe(join(dir, 'vqgan', 'model.yaml'));
+    expect(r.configFile).toBe(join(dir, 'vqgan', 'configs', 'model.yaml'));
     expect(r.dropped.map((d) => d.name).sort()).toEqual([
       'loss.discriminator.main.0.bias',
       'loss.discriminator.main.0.weight',
