@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -14,7 +14,9 @@ import { planSweep, type SweepArguments } from '../../src/core/sweep/plan.js';
 import { SweepStore } from '../../src/core/sweep/record.js';
 import { rankSweep } from '../../src/core/sweep/results.js';
 import { runSweep, type RunSweepOptions } from '../../src/core/sweep/run.js';
-import { cli, FIXTURE_PLUGINS, ROOT } from '../support/cli.js';
+import { cli, FIXTURE_PLUGINS, ROOT, until } from '../support/cli.js';
+
+const readSummary = (runsDir: string, id: string) => JSON.parse(readFileSync(join(runsDir, id, 'summary.json'), 'utf8')) as Record<string, unknown>;
 
 const QUADRATIC = join(ROOT, 'tests/fixtures/plugins/sweep-quadratic.mjs');
 
@@ -84,24 +86,40 @@ describe('running sweeps', () => {
     ]);
   }, 60_000);
 
-  it('stopped part-way, the same sweep run again finishes only the missing members', async () => {
-    const { sweep, runs, project } = await setup(EXPERIMENT);
+  it('stopped part-way (one member mid-stage), the same sweep run again resumes that member and runs only the missing ones', async () => {
+    const { sweep, runs, project } = await setup(EXPERIMENT.replace('steps: 2 }', 'steps: 3 }'));
     const stop = new AbortController();
-    const args = { sweep: ['stages.fit.with.x=1,2,3', 'stages.fit.with.y=0,-1'] };
-    const first = await sweep(args, { signal: stop.signal, onMemberEnd: (m) => m.index === 1 && stop.abort() });
-    expect(first.status).toBe('stopped');
-    expect(first.ran).toEqual([0, 1]);
-    expect(first.record.members.map((m) => m.status)).toEqual(['finished', 'finished', 'pending', 'pending', 'pending', 'pending']);
-    expect((await runs()).filter((r) => r.stage === 'fit')).toHaveLength(2);
+    // Members 1 and 3 take 0.6 s per step, so member 1 is stopped before its last step (it checks the stop after each).
+    const args = { sweep: ['stages.fit.with.x=1,2', 'stages.fit.with.delay_ms=0,600'] };
+    const first = sweep(args, { signal: stop.signal });
+    const member1Logged = () =>
+      existsSync(project.runsDir) &&
+      readdirSync(project.runsDir).some((id) => {
+        const dir = join(project.runsDir, id);
+        if (!existsSync(join(dir, 'history.jsonl'))) return false;
+        const r = JSON.parse(readFileSync(join(dir, 'run.json'), 'utf8')) as RunRecord;
+        return r.stage === 'fit' && (r.meta.sweep as { member: number }).member === 1;
+      });
+    await until('member 1 to log its first step', member1Logged);
+    stop.abort();
+    const stopped = await first;
+    expect(stopped.status).toBe('stopped');
+    expect(stopped.ran).toEqual([0, 1]);
+    expect(stopped.record.members.map((m) => m.status)).toEqual(['finished', 'stopped', 'pending', 'pending']);
+    const interrupted = (await runs()).find((r) => r.id === stopped.record.members[1]!.stage_runs.fit)!;
+    expect(interrupted.status).toBe('stopped');
 
     const second = await sweep(args);
-    expect(second.id).toBe(first.id); // the same sweep, continued
-    expect(second.ran).toEqual([2, 3, 4, 5]);
+    expect(second.id).toBe(stopped.id); // the same sweep, continued
+    expect(second.ran).toEqual([1, 2, 3]);
     expect(second.status).toBe('finished');
     const all = await runs();
-    expect(all.filter((r) => r.stage === 'fit')).toHaveLength(6);
+    const resumed = all.find((r) => r.id === second.record.members[1]!.stage_runs.fit)!;
+    expect(resumed.resumed_from).toBe(interrupted.id); // from its checkpoint, not from step 0
+    expect(readSummary(project.runsDir, resumed.id).final_step).toBe(3);
+    expect(all.filter((r) => r.stage === 'fit')).toHaveLength(5); // member 0 did not run again
     expect(all.filter((r) => r.stage === 'data')).toHaveLength(1);
-    expect(all.filter((r) => r.kind === 'pipeline')).toHaveLength(6); // members 0 and 1 did not run again
+    expect(second.record.members.map((m) => m.pipeline_runs.length)).toEqual([1, 2, 1, 1]);
     const third = await sweep(args);
     expect(third.ran).toEqual([]);
     expect(await new SweepStore(project.runsDir).list()).toHaveLength(1);
