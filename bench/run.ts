@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: compute-engine figures as JSON (stdout + bench/results/<timestamp>.json) and a table.
  *   --quick          fewer repetitions and steps (about a minute)
- *   --only a,b       sections: matmul, conv, vq, bart, generate, cli, data, tokenizer, shapes (default: all;
+ *   --only a,b       sections: matmul, conv, vq, bart, generate, clip, cli, data, tokenizer, shapes (default: all;
  *                    shapes trains the vqgan-shapes experiment, ~10 min, or 300 steps with --quick)
  *   --only judge     (not in the default set) the shapes judge on a trained shapes VQGAN's reconstructions:
  *                    --vqgan <dir>, else the newest finished vqgan-finetune run in --runs <dir> (default runs/)
@@ -25,6 +25,7 @@ import { AdamW } from '../src/ml/optim/index.js';
 import { randomTensor } from '../src/ml/selfcheck.js';
 import { benchData } from './data.js';
 import { benchGenerate } from './generate.js';
+import { benchClip } from './clip.js';
 import { benchShapesVqgan } from './shapes.js';
 import { benchJudge } from './judge.js';
 import { benchMini } from './mini.js';
@@ -63,7 +64,7 @@ function parseArgs(argv: string[]): { quick: boolean; only: Set<string>; steps: 
   const quick = argv.includes('--quick');
   const onlyAt = argv.indexOf('--only');
   const stepsAt = argv.indexOf('--steps');
-  const all = ['matmul', 'conv', 'vq', 'bart', 'generate', 'cli', 'data', 'tokenizer', 'shapes'];
+  const all = ['matmul', 'conv', 'vq', 'bart', 'generate', 'clip', 'cli', 'data', 'tokenizer', 'shapes'];
   const only = new Set(onlyAt >= 0 ? (argv[onlyAt + 1] ?? '').split(',') : all);
   // asked for by name only: judge needs a trained shapes VQGAN (bench/judge.ts), mini ~10+ GB (bench/mini.ts)
   const optIn = ['judge', 'mini'];
@@ -225,7 +226,7 @@ async function main(): Promise<void> {
   const info: ComputeInfo = await initCompute();
   const initMs = performance.now() - t0;
   const backend = info.backend;
-  const peered = ['matmul', 'vq', 'bart', 'generate', 'mini'].some((s) => args.only.has(s));
+  const peered = ['matmul', 'vq', 'bart', 'generate', 'clip', 'mini'].some((s) => args.only.has(s));
   const started = !args.peer ? 'peer skipped: --no-peer' : !peered ? 'peer skipped: no section with a peer selected' : Peer.start(root);
   const peer = typeof started === 'string' ? null : started;
   const ctx: Ctx = { peer, settleMs: args.settleMs, quick: args.quick, reps: args.reps };
@@ -235,6 +236,7 @@ async function main(): Promise<void> {
     if (args.only.has('vq')) rows.push(await benchTraining(() => vqAutoencoder(VQ_REFERENCE), 'vq', backend, args.steps, ctx));
     if (args.only.has('bart')) rows.push(await benchTraining(() => bart(BART_REFERENCE), 'bart', backend, args.steps, ctx));
     if (args.only.has('generate')) rows.push(...(await benchGenerate(backend, ctx)));
+    if (args.only.has('clip')) rows.push(...(await benchClip(backend, ctx)));
     if (args.only.has('mini')) rows.push(...(await benchMini(backend, ctx)));
   } finally {
     await peer?.close();

@@ -10,7 +10,8 @@ bench alternates our repetitions with PyTorch's (ABAB…) and the machine's drif
   {"op": "drop", "id": "bart"}                        free it → {"id"}
   {"op": "quit"}
 Errors answer {"error": "..."} and the process keeps serving. Workload ids: matmul:0 … matmul:5 (the
-cases of `MATMULS`), vq, bart, gen:<codes>:<batch>:<condScale> (generate.py), mini (mini.py).
+cases of `MATMULS`), vq, bart, gen:<codes>:<batch>:<condScale> (generate.py), clip:<shapes|b32>:<batch> (clip.py),
+mini (mini.py).
 Without --serve it times everything once, as before: the last line is {"threads": N, "rows": [...]}.
 """
 import argparse
@@ -152,6 +153,10 @@ def make_workload(wid):
         from generate import Generate  # bench/peer/generate.py
         codes, batch, scale = rest.split(":")
         return Generate(int(codes), int(batch), float(scale))
+    if kind == "clip":
+        from clip import ClipScore  # bench/peer/clip.py
+        size, batch = rest.split(":")
+        return ClipScore(size, int(batch))
     if kind == "mini":
         from mini import MiniStep  # bench/peer/mini.py
         return MiniStep()
