@@ -44,6 +44,9 @@ stages:
       },
     );
     const env = { MINIDALLE_SSH_CONTROL_DIR: join(net.dir, 'ctl') };
+    const hosts = cli(dir, ['hosts'], env);
+    expect(hosts.stdout, hosts.stderr).toMatch(/box-a\s+ssh\s+root@10\.\d+\.1\.2\s+yes\s+ok/);
+    expect(hosts.stdout).toMatch(/box-b\s+ssh\s+root@10\.\d+\.2\.2\s+yes\s+ok/);
     const validate = cli(dir, ['validate', 'two.yaml'], env);
     expect(validate.stdout).toMatch(/placement:\n\s+first: box-a \(ssh\)\n\s+second: box-b \(ssh\)/);
 

@@ -1,0 +1,123 @@
+/**
+ * A fake Cloud TPU v2 REST API on 127.0.0.1 for the real `gcloud compute tpus tpu-vm …` CLI
+ * (CLOUDSDK_API_ENDPOINT_OVERRIDES_TPU points it here): nodes list/get/create/delete, long-running
+ * operations, and a `preempt()` that flips a node to PREEMPTED as Google does to a spot VM. Every request is
+ * logged as gcloud sent it. A node's network endpoint is whatever address the test gives it (a netns sshd).
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export interface FakeNode {
+  name: string;
+  state: string;
+  acceleratorType: string;
+  runtimeVersion: string;
+  schedulingConfig?: Record<string, unknown>;
+  metadata?: Record<string, string>;
+  networkEndpoints: { ipAddress: string; port: number; accessConfig: { externalIp: string } }[];
+  createTime: string;
+}
+
+export interface LoggedRequest {
+  method: string;
+  path: string;
+  query: Record<string, string>;
+  body?: unknown;
+  authorization?: string;
+}
+
+export class FakeTpuApi {
+  readonly log: LoggedRequest[] = [];
+  readonly nodes = new Map<string, FakeNode>();
+  private readonly operations = new Map<string, Record<string, unknown>>();
+  private server?: Server;
+  private ops = 0;
+  private creates = 0;
+
+  /** `address(nodeId)`: the IP a created node answers at; `onCreate`: bring that host up. */
+  constructor(
+    private readonly address: (nodeId: string) => string,
+    private readonly onCreate: (nodeId: string) => Promise<void> | void = () => {},
+  ) {}
+
+  async start(): Promise<string> {
+    this.server = createServer((req, res) => void this.handle(req, res));
+    await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', r));
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/`;
+  }
+
+  async stop(): Promise<void> {
+    await new Promise((r) => this.server?.close(r));
+  }
+
+  preempt(nodeId: string): void {
+    const n = [...this.nodes.values()].find((x) => x.name.endsWith(`/nodes/${nodeId}`));
+    if (!n) throw new Error(`no node ${nodeId}`);
+    n.state = 'PREEMPTED';
+  }
+
+  /** The calls gcloud made, as `METHOD path` (query strings other than alt=json kept). */
+  calls(): string[] {
+    return this.log.map((r) => {
+      const q = Object.entries(r.query).filter(([k]) => k !== 'alt');
+      return `${r.method} ${r.path}${q.length ? `?${q.map(([k, v]) => `${k}=${v}`).join('&')}` : ''}`;
+    });
+  }
+
+  private send(res: ServerResponse, status: number, body: unknown): void {
+    res.writeHead(status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(body));
+  }
+
+  private operation(parent: string, response?: unknown): Record<string, unknown> {
+    const name = `${parent}/operations/operation-${++this.ops}`;
+    const op = { name, done: true, metadata: { '@type': 'type.googleapis.com/google.cloud.common.OperationMetadata', verb: 'create' }, response: { '@type': 'type.googleapis.com/google.cloud.tpu.v2.Node', ...(response as object) } };
+    this.operations.set(name, op);
+    return op;
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://x');
+    let raw = '';
+    for await (const chunk of req) raw += chunk;
+    const body = raw ? (JSON.parse(raw) as Record<string, unknown>) : undefined;
+    this.log.push({ method: req.method ?? '?', path: url.pathname, query: Object.fromEntries(url.searchParams), ...(body ? { body } : {}), authorization: req.headers.authorization });
+    const m = /^\/v2\/(projects\/[^/]+\/locations\/[^/]+)\/(nodes|operations)(?:\/([^/:]+))?$/.exec(url.pathname);
+    if (!m) return this.send(res, 404, { error: { code: 404, message: `unknown path ${url.pathname}`, status: 'NOT_FOUND' } });
+    const [, parent, kind, id] = m as unknown as [string, string, string, string | undefined];
+    if (kind === 'operations') {
+      const op = this.operations.get(`${parent}/operations/${id}`);
+      return op ? this.send(res, 200, op) : this.send(res, 404, { error: { code: 404, message: 'operation not found', status: 'NOT_FOUND' } });
+    }
+    const full = id ? `${parent}/nodes/${id}` : '';
+    if (req.method === 'GET' && !id) return this.send(res, 200, { nodes: [...this.nodes.values()].filter((n) => n.name.startsWith(parent)) });
+    if (req.method === 'GET') {
+      const n = this.nodes.get(full);
+      return n ? this.send(res, 200, n) : this.send(res, 404, { error: { code: 404, message: `Resource '${full}' was not found`, status: 'NOT_FOUND' } });
+    }
+    if (req.method === 'POST' && !id) {
+      const nodeId = url.searchParams.get('nodeId')!;
+      const name = `${parent}/nodes/${nodeId}`;
+      if (this.nodes.has(name)) return this.send(res, 409, { error: { code: 409, message: `${name} already exists`, status: 'ALREADY_EXISTS' } });
+      const ip = this.address(nodeId);
+      await this.onCreate(nodeId);
+      const node: FakeNode = {
+        name,
+        state: 'READY',
+        acceleratorType: String(body?.acceleratorType),
+        runtimeVersion: String(body?.runtimeVersion),
+        schedulingConfig: body?.schedulingConfig as Record<string, unknown>,
+        metadata: body?.metadata as Record<string, string>,
+        networkEndpoints: [{ ipAddress: ip, port: 8470, accessConfig: { externalIp: ip } }],
+        createTime: new Date(Date.now() + ++this.creates).toISOString(),
+      };
+      this.nodes.set(name, node);
+      return this.send(res, 200, this.operation(parent, node));
+    }
+    if (req.method === 'DELETE' && id) {
+      if (!this.nodes.delete(full)) return this.send(res, 404, { error: { code: 404, message: `Resource '${full}' was not found`, status: 'NOT_FOUND' } });
+      return this.send(res, 200, this.operation(parent));
+    }
+    return this.send(res, 405, { error: { code: 405, message: 'method not allowed', status: 'UNIMPLEMENTED' } });
+  }
+}
