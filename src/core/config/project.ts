@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { ConfigError, type ConfigProblem } from '../errors.js';
 import { zodProblems } from './experiment.js';
 import { ANY_HOST, ResourcesSchema } from './stage-placement.js';
+import { didYouMean } from './suggest.js';
 import { YamlSource } from './yaml-source.js';
 
 const HOST_NAME = /^[a-z][a-z0-9_-]*$/;
@@ -39,7 +40,7 @@ export const LocalHostSchema = z.object({ kind: z.literal('local'), ...common })
 export const SshHostSchema = z
   .object({
     kind: z.literal('ssh'),
-    host: z.string().min(1).describe('address or ssh alias of the host'),
+    host: z.string({ error: 'expected the address or ssh alias of the host (a string; required)' }).min(1).describe('address or ssh alias of the host'),
     ...remote,
   })
   .strict();
@@ -48,8 +49,8 @@ export const TpuVmHostSchema = z
   .object({
     kind: z.literal('tpu-vm'),
     name: z.string().regex(/^[a-z]([-a-z0-9]*[a-z0-9])?$/, 'expected a TPU node name: lower-case letters, digits and "-"').optional().describe('TPU node name (default: the host name)'),
-    zone: z.string().min(1),
-    project: z.string().min(1).describe('Google Cloud project id'),
+    zone: z.string({ error: 'expected the TPU zone, e.g. us-central1-a (required)' }).min(1),
+    project: z.string({ error: 'expected the Google Cloud project id (required)' }).min(1).describe('Google Cloud project id'),
     accelerator_type: z.string().default('v3-8'),
     runtime_version: z.string().default('tpu-ubuntu2204-base'),
     spot: z.boolean().default(false),
@@ -109,6 +110,19 @@ function inventoryProblems(config: z.output<typeof ProjectConfigSchema>): Config
   return problems;
 }
 
+const HOST_SCHEMAS = { local: LocalHostSchema, ssh: SshHostSchema, 'tpu-vm': TpuVmHostSchema } as const;
+
+/** An unknown key of a host entry, with the valid keys of that host's kind (zod cannot name them for a union). */
+function withHostKeys(p: ConfigProblem, raw: unknown): ConfigProblem {
+  const [top, name, key] = p.path;
+  if (top !== 'hosts' || p.path.length !== 3 || typeof key !== 'string' || !p.message.startsWith('unknown key')) return p;
+  const kind = ((raw as { hosts?: Record<string, { kind?: unknown }> }).hosts?.[String(name)]?.kind ?? '') as string;
+  const schema = HOST_SCHEMAS[kind as keyof typeof HOST_SCHEMAS];
+  if (!schema) return p;
+  const valid = Object.keys(schema.shape);
+  return { ...p, message: `unknown key '${key}' for a ${kind} host${didYouMean(key, valid)} (valid keys: ${valid.join(', ')})` };
+}
+
 /**
  * Finds the project config with cosmiconfig (`minidalle.config.{ts,js,mjs,json,yaml}`, `.minidallerc*`, or the
  * `minidalle` key of package.json), from `cwd` upwards. No file means the defaults.
@@ -141,7 +155,7 @@ export async function loadProjectConfig(cwd = process.cwd()): Promise<ProjectCon
   }
   const raw: unknown = found?.isEmpty ? {} : (found?.config ?? {});
   const parsed = ProjectConfigSchema.safeParse(raw);
-  const problems = parsed.success ? inventoryProblems(parsed.data) : zodProblems(parsed.error, ProjectConfigSchema, []);
+  const problems = parsed.success ? inventoryProblems(parsed.data) : zodProblems(parsed.error, ProjectConfigSchema, []).map((p) => withHostKeys(p, raw));
   if (problems.length > 0) {
     const file = found!.filepath;
     // YAML and JSON files can say the line; JS/TS configs only the key.
