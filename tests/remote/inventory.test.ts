@@ -1,6 +1,6 @@
 /** The host inventory's validation (file:line), placement, and the quoting of remote commands. */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -8,7 +8,7 @@ import { loadProjectConfig } from '../../src/core/config/project.js';
 import { candidates, Placer } from '../../src/core/executors/placement.js';
 import { mapPaths } from '../../src/core/executors/remote.js';
 import { remoteCommand, sshOptions } from '../../src/core/executors/ssh.js';
-import { cli } from '../support/cli.js';
+import { cli, ROOT } from '../support/cli.js';
 import { REMOTE_PLUGINS } from './helpers.js';
 
 function projectWith(yaml: string): string {
@@ -72,6 +72,24 @@ describe('host inventory', () => {
     expect(bad.stderr).toMatch(/stage 'a' \(host: auto\) has no host offering its resources: local: accelerator tpu-v4-8 \(has none\); tpu-a: accelerator tpu-v4-8 \(has tpu-v3-8\)/);
     writeFileSync(join(dir, 'typo.yaml'), 'name: e\nstages:\n  a: { plugin: ticker, host: tpu-c }\n');
     expect(cli(dir, ['validate', 'typo.yaml']).stderr).toMatch(/typo\.yaml:3:\d+: stages\.a\.host: unknown host 'tpu-c' — did you mean 'tpu-a'\? \(hosts: local, tpu-a, tpu-b, box, tpus, auto/);
+  });
+});
+
+describe('tpu/ and the two-VM plan', () => {
+  it('experiments/two-vm-pipeline.yaml validates against tpu/hosts.example.yaml: VQGAN and encoding on tpu-a, DalleBart on tpu-b', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'md-two-vm-'));
+    writeFileSync(join(dir, 'minidalle.config.yaml'), readFileSync(join(ROOT, 'tpu/hosts.example.yaml')));
+    const r = cli(dir, ['validate', join(ROOT, 'experiments/two-vm-pipeline.yaml')]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/placement:\n\s+vqgan: tpu-a \(tpu-vm\)\n\s+encode: tpu-a \(tpu-vm\)\n\s+seq2seq: tpu-b \(tpu-vm\)/);
+  });
+
+  it('the tpu scripts parse, and read their settings from hosts.example.yaml', () => {
+    for (const s of ['create', 'setup', 'check', 'delete']) execFileSync('bash', ['-n', join(ROOT, `tpu/${s}.sh`)]);
+    const vars = execFileSync(process.execPath, [join(ROOT, 'tpu/hosts.mjs'), 'tpu-b'], { encoding: 'utf8' });
+    expect(vars).toContain("NAME='minidalle-tpu-b'");
+    expect(vars).toContain("ACCEL='v3-8'");
+    expect(vars).toContain("SPOT='spot'");
   });
 });
 
