@@ -14,7 +14,7 @@ import { expectSteps, history, remoteProject, stageRuns, waitOrDump } from './he
 import { netnsUnavailable, TestNetwork, type TestHost } from './netns.js';
 
 const missing = netnsUnavailable();
-if (missing) console.warn(`tests/remote/failures: 3 tests skipped: ${missing}`);
+if (missing) console.warn(`tests/remote/failures: 4 tests skipped: ${missing}`);
 
 /** Local processes (this machine's pid namespace sees the hosts' too) whose command line matches. */
 function localProcesses(match: (args: string) => boolean): number[] {
@@ -104,6 +104,33 @@ stages:
     // One worker, started once, whose every line arrived once.
     const agentDir = join(b.workDir, 'runs', only!.id, '.worker');
     expect(readdirSync(agentDir).filter((f) => f.endsWith('.old'))).toEqual([]);
+    const log = readFileSync(join(only!.dir, 'output.log'), 'utf8');
+    for (let i = 1; i <= 10; i++) expect(log.split(`tick ${i}\n`).length - 1, `tick ${i}`).toBe(1);
+  });
+
+  it('after the orchestrator itself is killed, the next `minidalle run` re-attaches to the running worker', async () => {
+    const dir = remoteProject(inventory(), {
+      'count.yaml': `name: count3
+stages:
+  count:
+    plugin: ticker
+    host: box-b
+    with: { steps: 10, delay_ms: 300 }
+`,
+    });
+    const first = start(dir, ['run', 'count.yaml'], { env });
+    await waitOrDump(first, 'tick 3', () => first.output().includes('[count] tick 3'));
+    first.child.kill('SIGKILL');
+    await first.exited;
+    const second = start(dir, ['run', 'count.yaml'], { env });
+    const done = await second.exited;
+    expect(done.code, done.stdout + done.stderr).toBe(0);
+    const [only, ...more] = stageRuns(dir);
+    expect(more).toHaveLength(0);
+    expect(done.stdout).toContain(`count: re-attaching to run ${only!.id} on box-b (its orchestrator ended while the worker ran)`);
+    expect(only!.record.status).toBe('finished');
+    expectSteps(history(only!.dir), 10);
+    expect(readdirSync(join(b.workDir, 'runs', only!.id, '.worker')).filter((f) => f.endsWith('.old'))).toEqual([]);
     const log = readFileSync(join(only!.dir, 'output.log'), 'utf8');
     for (let i = 1; i <= 10; i++) expect(log.split(`tick ${i}\n`).length - 1, `tick ${i}`).toBe(1);
   });
