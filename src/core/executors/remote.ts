@@ -52,7 +52,7 @@ interface Attachment {
 
 const ATTACHMENT = 'remote.json';
 /** What a pull never overwrites or deletes locally: the orchestrator's own files. */
-const LOCAL_ONLY = ['/run.json', '/config.yaml', '/output.log', `/${ATTACHMENT}`, '/.worker/', '.tmp-*', '/git.diff'];
+const LOCAL_ONLY = ['/run.json', '/config.yaml', '/output.log', `/${ATTACHMENT}`, '/.worker/', '.tmp-*', '/git.diff', '/sync/', '/artifacts.json'];
 const STALL_MS = 8000;
 
 const key = (t: SshTarget) => `${t.user ?? ''}@${t.address}:${t.port}#${t.instance ?? ''}`;

@@ -97,18 +97,26 @@ export class TpuVmAccess implements HostAccess {
   /** A READY node: creates a missing one and replaces a preempted one when the inventory allows it. */
   private async ready(): Promise<TpuNode> {
     const deadline = Date.now() + READY_WAIT_MS;
+    // A queued resource's node appears only once capacity is found: after asking, wait for it instead of asking again.
+    let requested = false;
     for (;;) {
       const node = await this.describe();
-      if (!node) {
+      if (!node && !requested) {
         if (!this.cfg.create) throw new HostUnavailable(`TPU ${this.node} does not exist (create it with tpu/create.sh, or set create: true)`);
         await this.create();
-      } else if (node.state === 'READY') return node;
-      else if (GONE_STATES.has(node.state ?? '')) {
+        requested = true;
+        continue;
+      }
+      if (node?.state === 'READY') return node;
+      if (node && GONE_STATES.has(node.state ?? '')) {
         if (!this.cfg.recreate_on_preemption) throw new HostUnavailable(`TPU ${this.node} is ${node.state} (set recreate_on_preemption: true to replace it)`);
         await this.delete();
         await this.create();
-      } else if (Date.now() > deadline) throw new HostUnavailable(`TPU ${this.node} is still ${node.state} after ${READY_WAIT_MS / 60_000} min`);
-      else await new Promise((r) => setTimeout(r, 5000));
+        requested = true;
+        continue;
+      }
+      if (Date.now() > deadline) throw new HostUnavailable(`TPU ${this.node} is still ${node?.state ?? 'not created'} after ${READY_WAIT_MS / 60_000} min`);
+      await new Promise((r) => setTimeout(r, 5000));
     }
   }
 
