@@ -108,6 +108,16 @@ export function buildCli(argv: string[]) {
         await Promise.all(Object.values(executors).map((e) => e.close?.()));
         const line = result.stages.map((s) => `${s.stage}=${s.status}`).join(' ');
         console.log(`pipeline ${result.pipelineRunId}: ${result.status} (${line})`);
+        if (result.status === 'finished' && loaded.experiment.report) {
+          // the experiment asks for its report: a failure to write it is said, and does not fail the run
+          const { reportCommand } = await import('./commands/report.js');
+          const { join } = await import('node:path');
+          const out = join(project.runsDir, result.pipelineRunId, 'report.html');
+          await reportCommand({ runs: [result.pipelineRunId], runsDir: project.runsDir, out }).then(
+            (r) => console.log(`report: ${r.html} (${(r.bytes / 1e6).toFixed(1)} MB; open it in a browser)`),
+            (err: Error) => console.error(`report: not written: ${err.message} (try: npx minidalle report ${result.pipelineRunId})`),
+          );
+        }
         process.exitCode = result.status === 'finished' ? 0 : result.status === 'stopped' ? 130 : 1;
       },
     )

@@ -1,5 +1,5 @@
-import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cli, project, ROOT, runRecords } from '../support/cli.js';
 
@@ -18,36 +18,49 @@ describe('shipped experiments', () => {
     expect(r.stderr).toMatch(/vqgan-shapes\.yaml:\d+:\d+: stages\.vqgan\.with\.lr_warmup_steps: must be less than steps \(200\)/);
   });
 
-  it('the quickstart runs end to end at a tiny size: shapes → VQGAN → encoded parquet shards', () => {
-    const dir = project();
-    const r = cli(dir, [
-      'run', join(ROOT, 'experiments/quickstart.yaml'),
-      'stages.data.with.count=64', 'stages.data.with.heldout_count=16', 'stages.vqgan.with.steps=4', 'stages.vqgan.with.lr_warmup_steps=1', 'stages.vqgan.with.eval_count=16',
-      'stages.vqgan.with.log_every=2', 'stages.vqgan.with.checkpoint_every=2',
-    ]);
-    expect(r.code, r.stdout + r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/data=finished vqgan=finished encode=finished/);
-    const encode = runRecords(dir).find((x) => x.stage === 'encode')!;
-    const summary = JSON.parse(readFileSync(join(dir, 'runs', encode.id as string, 'summary.json'), 'utf8'));
-    expect(summary).toMatchObject({ train_count: 64, heldout_count: 16, code_count: 64 });
-    const vqgan = runRecords(dir).find((x) => x.stage === 'vqgan')!;
-    expect((vqgan.meta as { backend?: { backend: string } }).backend?.backend).toBe('wasm');
-  }, 120_000);
+  // The quickstart scaled down: the same eight stages with far fewer images and steps (~3–5 min on 2 cores).
+  const SMALL = [
+    'stages.data.with.count=2000', 'stages.data.with.heldout_count=160',
+    'stages.vqgan.with.steps=400', 'stages.vqgan.with.lr_warmup_steps=40', 'stages.vqgan.with.eval_count=64', 'stages.vqgan.with.eval_every=400', 'stages.vqgan.with.checkpoint_every=400',
+    'stages.bart.with.steps=40', 'stages.bart.with.lr_warmup_steps=5',
+    'stages.seq2seq.with.steps=600', 'stages.seq2seq.with.lr_warmup_steps=50', 'stages.seq2seq.with.eval_every=600', 'stages.seq2seq.with.media_every=600', 'stages.seq2seq.with.checkpoint_every=600', 'stages.seq2seq.with.judge_count=32', 'stages.seq2seq.with.eval_count=64',
+    'stages.clip.with.steps=150', 'stages.clip.with.lr_warmup_steps=15', 'stages.clip.with.batch_size=64', 'stages.clip.with.eval_count=160', 'stages.clip.with.eval_every=150', 'stages.clip.with.checkpoint_every=150',
+    'stages.eval.with.prompt_count=32', 'stages.eval.with.samples_per_prompt=4',
+  ];
 
-  it('text2image-shapes runs end to end at a tiny size, and minidalle generate draws from its seq2seq run', () => {
+  it('the quickstart, scaled down: all eight stages, their artifacts and metrics, the report, a judged floor far above chance, and generate --clip', () => {
     const dir = project();
-    const r = cli(dir, [
-      'run', join(ROOT, 'experiments/text2image-shapes.yaml'),
-      'stages.data.with.count=64', 'stages.data.with.heldout_count=16', 'stages.vqgan.with.steps=4', 'stages.vqgan.with.lr_warmup_steps=1', 'stages.vqgan.with.eval_count=16',
-      'stages.bart.with.steps=3', 'stages.bart.with.lr_warmup_steps=1', 'stages.bart.with.batch_size=8',
-      'stages.seq2seq.with.steps=3', 'stages.seq2seq.with.lr_warmup_steps=1', 'stages.seq2seq.with.batch_size=8', 'stages.seq2seq.with.judge_count=4', 'stages.seq2seq.with.eval_count=8',
-    ]);
+    const r = cli(dir, ['run', join(ROOT, 'experiments/quickstart.yaml'), ...SMALL], {}, { timeout: 840_000 });
     expect(r.code, r.stdout + r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/data=finished vqgan=finished encode=finished tokenizer=finished bart=finished seq2seq=finished/);
-    const seq2seq = runRecords(dir).find((x) => x.stage === 'seq2seq')!;
-    expect(seq2seq.status).toBe('finished');
-    const g = cli(dir, ['generate', 'a red circle on the left', '--model', (seq2seq.id as string).slice(0, 8), '-n', '2', '--out', 'images']);
+    for (const stage of ['data', 'vqgan', 'encode', 'tokenizer', 'bart', 'seq2seq', 'clip', 'eval']) expect(r.stdout).toMatch(new RegExp(`\\b${stage}=finished\\b`));
+    const runs = runRecords(dir);
+    const byStage = (stage: string): Record<string, unknown> => runs.find((x) => x.stage === stage)!;
+    const summary = (stage: string): Record<string, number> => JSON.parse(readFileSync(join(dir, 'runs', byStage(stage).id as string, 'summary.json'), 'utf8'));
+    const artifact = (stage: string, name: string): string => resolve(dir, 'runs', byStage(stage).id as string, (byStage(stage).outputs as { artifacts: Record<string, string> }).artifacts[name]!);
+    // artifacts
+    expect(readdirSync(artifact('vqgan', 'model'))).toEqual(expect.arrayContaining(['config.json', 'model.safetensors']));
+    expect(readdirSync(artifact('seq2seq', 'model'))).toEqual(expect.arrayContaining(['config.json', 'model.safetensors', 'tokenizer.json', 'vqgan.json', 'generation_config.json']));
+    expect(readdirSync(artifact('clip', 'clip'))).toEqual(expect.arrayContaining(['config.json', 'model.safetensors', 'tokenizer.json']));
+    expect(readdirSync(artifact('eval', 'images')).length).toBe(32 * 4);
+    expect(summary('encode')).toMatchObject({ train_count: 2000, heldout_count: 160, code_count: 64 });
+    // metrics: each trainer's key figures, and the re-ranked images judged from their pixels
+    expect(summary('vqgan')['eval/psnr']).toBeGreaterThan(18);
+    expect(summary('seq2seq')).toHaveProperty('eval/attr_acc/colour');
+    expect(summary('clip')['eval/retrieval/t2i_attr_acc/colour']).toBeGreaterThan(0.4);
+    const ev = summary('eval');
+    expect(ev['clip/best_of_n_score']).toBeGreaterThanOrEqual(ev['clip/random_of_n_score']!);
+    console.log(`quickstart (scaled down): ${JSON.stringify({ psnr: summary('vqgan')['eval/psnr'], seq2seq: summary('seq2seq')['eval/attr_acc/colour'], clip: summary('clip')['eval/retrieval/t2i_attr_acc/colour'], top1: ev['judge/top1/attr_acc/colour'], pos: ev['judge/top1/attr_acc/position'] })}`);
+    expect(ev['judge/top1/attr_acc/colour']).toBeGreaterThan(0.5); // 8 colours: chance 0.125
+    expect(ev['judge/top1/attr_acc/position']).toBeGreaterThan(0.35); // 5 positions: chance 0.2
+    const table = JSON.parse(readFileSync(join(dir, 'runs', byStage('eval').id as string, 'media', 'table', 'clip_eval.table.json'), 'utf8'));
+    expect(table.data).toHaveLength(32 * 4);
+    // the report the experiment asks for
+    const report = /report: (\S+report\.html)/.exec(r.stdout)?.[1];
+    expect(report, r.stdout).toBeDefined();
+    expect(statSync(report!).size).toBeLessThan(5e6);
+    // and images from the trained pair, re-ranked
+    const g = cli(dir, ['generate', 'a red circle on the left', '--model', (byStage('seq2seq').id as string).slice(0, 8), '--clip', (byStage('clip').id as string).slice(0, 8), '-n', '4', '--top', '2', '--out', 'images']);
     expect(g.code, g.stdout + g.stderr).toBe(0);
-    expect(readdirSync(join(dir, 'images')).sort()).toEqual(['generations.json', 'grid.png', 'p00-s00.png', 'p00-s01.png']);
-  }, 180_000);
+    expect(readdirSync(join(dir, 'images')).sort()).toEqual(['generations.json', 'grid.png', 'p00-rank00.png', 'p00-rank01.png']);
+  }, 900_000);
 });

@@ -40,6 +40,7 @@ export const ExperimentSchema = z
     description: z.string().optional(),
     seed: z.number().int().nonnegative().default(0),
     max_parallel: z.number().int().positive().optional().describe('stages run at once (default: project config)'),
+    report: z.boolean().default(false).describe('when the pipeline finishes, write runs/<pipeline>/report.html (minidalle report) and print its path'),
     tracking: z
       .object({
         tags: z.array(z.string()).default([]),
