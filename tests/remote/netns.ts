@@ -27,6 +27,8 @@ export interface TestHost {
   ns: string;
   address: string;
   workDir: string;
+  /** The veth end on this machine's side (gone with the namespace, unless setup failed half-way). */
+  outer: string;
   sshd?: ChildProcess;
 }
 
@@ -94,7 +96,7 @@ export class TestNetwork {
     const outer = `mdo${process.pid % 100000}${i}`;
     const inner = `mdi${process.pid % 100000}${i}`;
     const address = `10.${this.subnet}.${i}.2`;
-    const host: TestHost = { name, ns, address, workDir: join(this.dir, name, 'work') };
+    const host: TestHost = { name, ns, address, outer, workDir: join(this.dir, name, 'work') };
     this.hosts.push(host);
     ip('netns', 'add', ns);
     ip('link', 'add', outer, 'type', 'veth', 'peer', 'name', inner);
@@ -194,7 +196,10 @@ export class TestNetwork {
   }
 
   destroySync(): void {
-    for (const h of this.hosts) killNamespace(h.ns);
+    for (const h of this.hosts) {
+      killNamespace(h.ns);
+      spawnSync('ip', ['link', 'del', h.outer], { stdio: 'ignore' });
+    }
     process.removeListener('exit', this.onExit);
   }
 
