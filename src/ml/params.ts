@@ -177,6 +177,21 @@ export interface LoadMismatch {
   got?: number[];
 }
 
+/**
+ * Every difference between the tensors a model expects (name → shape in the file's layout) and the ones a file
+ * holds: missing, wrongly shaped, and unexpected (unless `accepted`, e.g. tied copies or old buffers).
+ */
+export function shapeMismatches(expected: Map<string, number[]>, found: Map<string, { shape: number[] }>, accepted: ReadonlySet<string> = new Set()): LoadMismatch[] {
+  const out: LoadMismatch[] = [];
+  for (const [name, shape] of expected) {
+    const got = found.get(name)?.shape;
+    if (!got) out.push({ name, problem: 'missing', expected: shape });
+    else if (got.length !== shape.length || got.some((d, i) => d !== shape[i])) out.push({ name, problem: 'shape', expected: shape, got });
+  }
+  for (const [name, { shape }] of found) if (!expected.has(name) && !accepted.has(name)) out.push({ name, problem: 'unexpected', got: shape });
+  return out;
+}
+
 export class LoadParamsError extends ParamError {
   constructor(
     readonly source: string,

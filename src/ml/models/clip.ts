@@ -24,7 +24,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { z } from 'zod';
 import { parseHfConfig, readHfConfig, writeHfConfig, AnyConfigSchema } from '../hf-config.js';
 import { attention, feedForward, layerNorm, linear, sparseCrossEntropy, type Activation as NnActivation } from '../nn.js';
-import { fromTorchLayout, LoadParamsError, Params, saveParamsFile, type LoadMismatch, type ParamKind } from '../params.js';
+import { fromTorchLayout, LoadParamsError, Params, saveParamsFile, shapeMismatches, type ParamKind } from '../params.js';
 import { Rng } from '../rng.js';
 import type { TextTokenizer } from '../tokenizers/index.js';
 import { convertHint } from '../checkpoints/hint.js';
@@ -553,13 +553,7 @@ export async function loadClip(dir: string): Promise<Clip> {
   const ckpt = openHfCheckpoint(dir);
   const specs = clipParamSpecs(config);
   const expected = new Map(specs.map((s) => [s.name, torchShape(s)] as [string, number[]]));
-  const mismatches: LoadMismatch[] = [];
-  for (const [name, shape] of expected) {
-    const got = ckpt.tensors.get(name)?.shape;
-    if (!got) mismatches.push({ name, problem: 'missing', expected: shape });
-    else if (got.length !== shape.length || got.some((d, i) => d !== shape[i])) mismatches.push({ name, problem: 'shape', expected: shape, got });
-  }
-  for (const [name, { shape }] of ckpt.tensors) if (!expected.has(name) && !IGNORED_BUFFERS.has(name)) mismatches.push({ name, problem: 'unexpected', got: shape });
+  const mismatches = shapeMismatches(expected, ckpt.tensors, IGNORED_BUFFERS);
   if (mismatches.length) throw new LoadParamsError(dir, mismatches);
   const model = new Clip(config, buildClipParams(config, 0, { empty: true }));
   try {

@@ -48,7 +48,7 @@ import {
   type Activation,
   type KVCache,
 } from '../nn.js';
-import { fromTorchLayout, LoadParamsError, Params, saveParamsFile, type LoadMismatch, type ParamKind } from '../params.js';
+import { fromTorchLayout, LoadParamsError, Params, saveParamsFile, shapeMismatches, type LoadMismatch, type ParamKind } from '../params.js';
 import { Rng } from '../rng.js';
 import { forEachSafetensor, readSafetensorsHeader, type RawTensor } from '../safetensors.js';
 
@@ -848,13 +848,7 @@ export async function loadDalleBart(dir: string, overrides: Partial<Pick<DalleBa
   const ckpt = openHfCheckpoint(dir);
   const aliases = tiedAliases(config);
   const expected = new Map(dalleBartParamSpecs(config).map((s) => [s.name, torchShapeOf(s)] as [string, number[]]));
-  const mismatches: LoadMismatch[] = [];
-  for (const [name, shape] of expected) {
-    const got = ckpt.tensors.get(name)?.shape;
-    if (!got) mismatches.push({ name, problem: 'missing', expected: shape });
-    else if (got.length !== shape.length || got.some((d, i) => d !== shape[i])) mismatches.push({ name, problem: 'shape', expected: shape, got });
-  }
-  for (const [name, { shape }] of ckpt.tensors) if (!expected.has(name) && !aliases.has(name)) mismatches.push({ name, problem: 'unexpected', got: shape });
+  const mismatches = shapeMismatches(expected, ckpt.tensors, aliases);
   if (mismatches.length) throw new LoadParamsError(dir, mismatches);
   const model = new DalleBart(config, buildDalleBartParams(config, 0, { empty: true }));
   try {
