@@ -29,6 +29,8 @@ export interface LoggedRequest {
 export class FakeTpuApi {
   readonly log: LoggedRequest[] = [];
   readonly nodes = new Map<string, FakeNode>();
+  /** Queued resources by full name; their node appears (READY) at the first GET of it that finds none. */
+  readonly queued = new Map<string, { name: string; state: { state: string }; nodeId: string; spec: Record<string, unknown> }>();
   private readonly operations = new Map<string, Record<string, unknown>>();
   private server?: Server;
   private ops = 0;
@@ -76,12 +78,51 @@ export class FakeTpuApi {
     return op;
   }
 
+  private async addNode(parent: string, nodeId: string, body: Record<string, unknown>): Promise<FakeNode> {
+    const ip = this.address(nodeId);
+    await this.onCreate(nodeId);
+    const node: FakeNode = {
+      name: `${parent}/nodes/${nodeId}`,
+      state: 'READY',
+      acceleratorType: String(body.acceleratorType),
+      runtimeVersion: String(body.runtimeVersion),
+      schedulingConfig: body.schedulingConfig as Record<string, unknown>,
+      metadata: body.metadata as Record<string, string>,
+      networkEndpoints: [{ ipAddress: ip, port: 8470, accessConfig: { externalIp: ip } }],
+      createTime: new Date(Date.now() + ++this.creates).toISOString(),
+    };
+    this.nodes.set(node.name, node);
+    return node;
+  }
+
+  private async handleQueued(method: string, parent: string, id: string | undefined, url: URL, body: Record<string, unknown> | undefined, res: ServerResponse): Promise<void> {
+    if (method === 'POST' && !id) {
+      const qid = url.searchParams.get('queuedResourceId')!;
+      const spec = (body?.tpu as { nodeSpec: { nodeId: string; node: Record<string, unknown> }[] }).nodeSpec[0]!;
+      const qr = { name: `${parent}/queuedResources/${qid}`, state: { state: 'WAITING_FOR_RESOURCES' }, nodeId: spec.nodeId, spec: spec.node };
+      this.queued.set(qr.name, qr);
+      return this.send(res, 200, this.operation(parent, qr));
+    }
+    const full = `${parent}/queuedResources/${id}`;
+    const qr = this.queued.get(full);
+    if (!qr) return this.send(res, 404, { error: { code: 404, message: `Resource '${full}' was not found`, status: 'NOT_FOUND' } });
+    if (method === 'GET') return this.send(res, 200, qr);
+    if (method === 'DELETE') {
+      this.queued.delete(full);
+      this.nodes.delete(`${parent}/nodes/${qr.nodeId}`);
+      return this.send(res, 200, this.operation(parent));
+    }
+    return this.send(res, 405, { error: { code: 405, message: 'method not allowed', status: 'UNIMPLEMENTED' } });
+  }
+
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://x');
     let raw = '';
     for await (const chunk of req) raw += chunk;
     const body = raw ? (JSON.parse(raw) as Record<string, unknown>) : undefined;
     this.log.push({ method: req.method ?? '?', path: url.pathname, query: Object.fromEntries(url.searchParams), ...(body ? { body } : {}), authorization: req.headers.authorization });
+    const q = /^\/v2\/(projects\/[^/]+\/locations\/[^/]+)\/queuedResources(?:\/([^/:]+))?$/.exec(url.pathname);
+    if (q) return this.handleQueued(req.method ?? '', q[1]!, q[2], url, body, res);
     const m = /^\/v2\/(projects\/[^/]+\/locations\/[^/]+)\/(nodes|operations)(?:\/([^/:]+))?$/.exec(url.pathname);
     if (!m) return this.send(res, 404, { error: { code: 404, message: `unknown path ${url.pathname}`, status: 'NOT_FOUND' } });
     const [, parent, kind, id] = m as unknown as [string, string, string, string | undefined];
@@ -92,6 +133,13 @@ export class FakeTpuApi {
     const full = id ? `${parent}/nodes/${id}` : '';
     if (req.method === 'GET' && !id) return this.send(res, 200, { nodes: [...this.nodes.values()].filter((n) => n.name.startsWith(parent)) });
     if (req.method === 'GET') {
+      const waiting = [...this.queued.values()].find((x) => x.nodeId === id && x.state.state === 'WAITING_FOR_RESOURCES');
+      if (waiting && !this.nodes.has(full)) {
+        // Capacity is found now: the node will be there at the next look.
+        waiting.state.state = 'ACTIVE';
+        await this.addNode(parent, id!, waiting.spec);
+        return this.send(res, 404, { error: { code: 404, message: `Resource '${full}' was not found`, status: 'NOT_FOUND' } });
+      }
       const n = this.nodes.get(full);
       return n ? this.send(res, 200, n) : this.send(res, 404, { error: { code: 404, message: `Resource '${full}' was not found`, status: 'NOT_FOUND' } });
     }
@@ -99,20 +147,7 @@ export class FakeTpuApi {
       const nodeId = url.searchParams.get('nodeId')!;
       const name = `${parent}/nodes/${nodeId}`;
       if (this.nodes.has(name)) return this.send(res, 409, { error: { code: 409, message: `${name} already exists`, status: 'ALREADY_EXISTS' } });
-      const ip = this.address(nodeId);
-      await this.onCreate(nodeId);
-      const node: FakeNode = {
-        name,
-        state: 'READY',
-        acceleratorType: String(body?.acceleratorType),
-        runtimeVersion: String(body?.runtimeVersion),
-        schedulingConfig: body?.schedulingConfig as Record<string, unknown>,
-        metadata: body?.metadata as Record<string, string>,
-        networkEndpoints: [{ ipAddress: ip, port: 8470, accessConfig: { externalIp: ip } }],
-        createTime: new Date(Date.now() + ++this.creates).toISOString(),
-      };
-      this.nodes.set(name, node);
-      return this.send(res, 200, this.operation(parent, node));
+      return this.send(res, 200, this.operation(parent, await this.addNode(parent, nodeId, body ?? {})));
     }
     if (req.method === 'DELETE' && id) {
       if (!this.nodes.delete(full)) return this.send(res, 404, { error: { code: 404, message: `Resource '${full}' was not found`, status: 'NOT_FOUND' } });

@@ -4,17 +4,50 @@
  * in ssh-keys), preempted mid-stage (PREEMPTED, and its host dies), deleted and recreated; the stage resumes
  * on the new VM from its last synced checkpoint with the same run id.
  */
-import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cli, start } from '../support/cli.js';
+import { TpuVmHostSchema } from '../../src/core/config/project.js';
+import { TpuVmAccess } from '../../src/core/executors/tpu.js';
 import { FakeTpuApi } from './fake-tpu.js';
 import { expectSteps, history, remoteProject, stageRuns, waitOrDump } from './helpers.js';
 import { netnsUnavailable, TestNetwork, type TestHost } from './netns.js';
 
-const missing = netnsUnavailable() || (spawnSync('sh', ['-c', 'command -v gcloud']).status === 0 ? '' : 'gcloud (Google Cloud SDK) is not installed');
+const noGcloud = spawnSync('sh', ['-c', 'command -v gcloud']).status === 0 ? '' : 'gcloud (Google Cloud SDK) is not installed';
+const missing = netnsUnavailable() || noGcloud;
 if (missing) console.warn(`tests/remote/tpu: 1 test skipped: ${missing}`);
+if (noGcloud) console.warn(`tests/remote/tpu: 1 more test skipped: ${noGcloud}`);
+
+describe.skipIf(noGcloud !== '')('tpu-vm queued resources through gcloud', () => {
+  it('creates through a queued resource, waits for its node instead of asking again, deletes it with the queued resource', async () => {
+    const api = new FakeTpuApi(() => '10.250.0.2');
+    const url = await api.start();
+    const saved = { ...process.env };
+    Object.assign(process.env, { CLOUDSDK_API_ENDPOINT_OVERRIDES_TPU: url, CLOUDSDK_AUTH_ACCESS_TOKEN: 'fake-token-qr', CLOUDSDK_CONFIG: mkdtempSync(join(tmpdir(), 'md-gcloud-')) });
+    try {
+      const dir = mkdtempSync(join(tmpdir(), 'md-qr-'));
+      execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'key')]);
+      const cfg = TpuVmHostSchema.parse({ kind: 'tpu-vm', name: 'tpu-q', zone: 'us-central1-a', project: 'p', spot: true, queued_resources: true, identity_file: join(dir, 'key') });
+      const access = new TpuVmAccess('tpu-q', cfg, dir);
+      const [target, ...more] = await access.targets();
+      expect(more).toEqual([]);
+      expect(target).toMatchObject({ address: '10.250.0.2', user: 'minidalle', ephemeral: true });
+      const base = '/v2/projects/p/locations/us-central1-a';
+      // gcloud reads the queued resource back after creating it; then the executor polls the node until it is READY.
+      expect(api.calls()).toEqual([`GET ${base}/nodes/tpu-q`, `POST ${base}/queuedResources?queuedResourceId=tpu-q`, `GET ${base}/queuedResources/tpu-q`, `GET ${base}/nodes/tpu-q`, `GET ${base}/nodes/tpu-q`]);
+      expect(api.log[1]!.body).toMatchObject({ spot: {}, tpu: { nodeSpec: [{ nodeId: 'tpu-q', node: { acceleratorType: 'v3-8', metadata: { 'ssh-keys': expect.stringMatching(/^minidalle:ssh-ed25519 /) } } }] } });
+      await access.delete();
+      expect(api.calls().at(-1)).toBe(`DELETE ${base}/queuedResources/tpu-q?force=True`);
+      expect(api.nodes.size).toBe(0);
+    } finally {
+      process.env = saved;
+      await api.stop();
+    }
+  }, 60_000);
+});
 
 describe.skipIf(missing !== '')('tpu-vm hosts through gcloud', () => {
   let net: TestNetwork;
