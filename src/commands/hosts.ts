@@ -12,6 +12,11 @@ function address(project: ProjectConfig, name: string): string {
   return `tpu ${h.name ?? name} (${h.accelerator_type}, ${h.zone}, ${h.project}${h.spot ? ', spot' : h.preemptible ? ', preemptible' : ''})`;
 }
 
+const oneLine = (s: string) => {
+  const l = s.replace(/\s+/g, ' ').trim();
+  return l.length > 120 ? `${l.slice(0, 117)}…` : l;
+};
+
 export async function hostsCommand(project: ProjectConfig): Promise<string> {
   const executors = buildExecutors(project);
   const running = (await new RunStore(project.runsDir).list()).filter((r) => r.kind === 'stage' && r.status === 'running');
@@ -21,7 +26,7 @@ export async function hostsCommand(project: ProjectConfig): Promise<string> {
       const probe = ex?.probe ? await ex.probe().catch((err: Error) => ({ answers: false, state: 'error', detail: err.message })) : { answers: true, state: 'ok' };
       const here = running.filter((r) => r.host === h.name).map((r) => `${r.stage ?? r.name} (${r.id})`);
       const res = Object.entries(h.resources).map(([k, v]) => `${k}=${v}`).join(' ');
-      return [h.name, h.kind, address(project, h.name), probe.answers ? 'yes' : 'no', `${probe.state}${probe.detail && !probe.answers ? `: ${probe.detail}` : ''}`, String(h.concurrency), res || '-', here.join(', ') || '-'];
+      return [h.name, h.kind, address(project, h.name), probe.answers ? 'yes' : 'no', `${probe.state}${probe.detail && !probe.answers ? `: ${oneLine(probe.detail)}` : ''}`, String(h.concurrency), res || '-', here.join(', ') || '-'];
     }),
   );
   await Promise.all(Object.values(executors).map((e) => e.close?.()));

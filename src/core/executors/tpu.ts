@@ -23,6 +23,13 @@ export interface TpuNode {
 const GONE_STATES = new Set(['PREEMPTED', 'TERMINATED', 'STOPPED', 'STOPPING', 'HIDDEN', 'HIDING']);
 const READY_WAIT_MS = 20 * 60_000;
 
+/** gcloud's error without its `ERROR: (gcloud.…)` prefix and advice paragraphs: the first sentence, on one line. */
+export function gcloudMessage(stderr: string): string {
+  const text = stderr.replace(/^ERROR: \(gcloud[^)]*\)\s*/m, '').trim();
+  const first = text.split(/\n\s*\n/)[0]!.replace(/\s+/g, ' ');
+  return first.length > 200 ? `${first.slice(0, 197)}…` : first || 'no message';
+}
+
 export class GcloudError extends Error {
   override name = 'GcloudError';
 }
@@ -53,7 +60,7 @@ export class TpuVmAccess implements HostAccess {
     const r = await this.gcloud(['compute', 'tpus', 'tpu-vm', 'describe', this.node, '--format=json']);
     if (r.code === 0) return JSON.parse(r.stdout) as TpuNode;
     if (/NOT_FOUND|not found|404/i.test(r.stderr)) return undefined;
-    throw new GcloudError(`gcloud compute tpus tpu-vm describe ${this.node} failed: ${r.stderr.trim()}`);
+    throw new GcloudError(`gcloud compute tpus tpu-vm describe ${this.node} failed: ${gcloudMessage(r.stderr)}`);
   }
 
   private user(): string {
@@ -83,7 +90,7 @@ export class TpuVmAccess implements HostAccess {
   async create(): Promise<void> {
     this.log(`${this.host}: creating TPU ${this.node} (${this.cfg.accelerator_type}${this.cfg.spot ? ', spot' : this.cfg.preemptible ? ', preemptible' : ''})`);
     const r = await this.gcloud(this.createArgs());
-    if (r.code !== 0) throw new HostUnavailable(`cannot create TPU ${this.node}: ${r.stderr.trim()}`);
+    if (r.code !== 0) throw new HostUnavailable(`cannot create TPU ${this.node}: ${gcloudMessage(r.stderr)}`);
   }
 
   async delete(): Promise<void> {
@@ -91,7 +98,7 @@ export class TpuVmAccess implements HostAccess {
     const r = this.cfg.queued_resources
       ? await this.gcloud(['compute', 'tpus', 'queued-resources', 'delete', this.node, '--force'])
       : await this.gcloud(['compute', 'tpus', 'tpu-vm', 'delete', this.node]);
-    if (r.code !== 0 && !/NOT_FOUND|not found/i.test(r.stderr)) throw new HostUnavailable(`cannot delete TPU ${this.node}: ${r.stderr.trim()}`);
+    if (r.code !== 0 && !/NOT_FOUND|not found/i.test(r.stderr)) throw new HostUnavailable(`cannot delete TPU ${this.node}: ${gcloudMessage(r.stderr)}`);
   }
 
   /** A READY node: creates a missing one and replaces a preempted one when the inventory allows it. */
