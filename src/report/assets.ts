@@ -13,12 +13,14 @@ export class WebAssetError extends Error {
   }
 }
 
+/** The nearest folder above this module whose package.json is minidalle's (the source tree or an installed package). */
 function packageRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (;;) {
-    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'src', 'ui', 'build-web.mjs'))) return dir;
+    const manifest = join(dir, 'package.json');
+    if (existsSync(manifest) && (JSON.parse(readFileSync(manifest, 'utf8')) as { name?: string }).name === 'minidalle') return dir;
     const up = dirname(dir);
-    if (up === dir) throw new WebAssetError('cannot find the minidalle package folder (with src/ui/build-web.mjs) above this module');
+    if (up === dir) throw new WebAssetError('cannot find the minidalle package folder (a package.json named "minidalle") above this module');
     dir = up;
   }
 }
