@@ -140,6 +140,20 @@ describe('W&B replica', () => {
     for (const l of lines) expect(l).not.toContain(KEY);
   });
 
+  it("a run's W&B group is its pipeline, or the sweep it is a member of, so a sweep's members compare as one group", async () => {
+    const store = new RunStore(mkdtempSync(join(tmpdir(), 'minidalle-wandb-')), { env: {} });
+    const plain = await stageRun(store);
+    const member = await stageRun(store);
+    await member.update({ meta: { backend: 'wasm', sweep: { id: 'sw123', member: 0, parameters: { 'stages.train.with.lr': 0.001 } } } });
+    for (const run of [plain, member]) {
+      run.log({ x: 1 }, 1);
+      await run.finish('finished', { exit_code: 0 });
+    }
+    await sync(store, [plain.id, member.id]);
+    expect(fake.run(plain.id).group).toBe((await plain.read()).group);
+    expect(fake.run(member.id).group).toBe('sweep-sw123');
+  });
+
   it('a flaky W&B (every other request a 500) gets every batch, each line once', async () => {
     const store = new RunStore(mkdtempSync(join(tmpdir(), 'minidalle-wandb-')), { env: {} });
     const run = await stageRun(store);

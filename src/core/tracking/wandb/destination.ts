@@ -22,6 +22,15 @@ export async function wandbRunIdFor(runsDir: string, record: RunRecord, seen = n
   return wandbRunIdFor(runsDir, parent, seen);
 }
 
+/**
+ * The W&B group of a run: the sweep it is a member of (`meta.sweep.id`, so a sweep's members compare as one
+ * group), else its pipeline run.
+ */
+export function wandbGroupOf(record: Pick<RunRecord, 'group' | 'meta'>): string | undefined {
+  const sweep = (record.meta as { sweep?: { id?: unknown } } | undefined)?.sweep;
+  return typeof sweep?.id === 'string' ? `sweep-${sweep.id}` : record.group;
+}
+
 /** `tracking.wandb` of the experiment a stage run belongs to, read from its pipeline run's config.yaml. */
 export function trackingOfRun(store: RunStore, record: RunRecord): WandbTracking | undefined {
   if (!record.group) return undefined;

@@ -31,7 +31,7 @@ export function wandbGroupUrl(runsDir: string, pipeline: RunRecord, stageRuns: R
   for (const r of stageRuns) {
     if (r.group !== pipeline.id) continue;
     const s = readStateSync(join(runsDir, r.id));
-    if (synced(s)) return groupUrl({ baseUrl: s.base_url, entity: s.entity, project: s.project, group: pipeline.id });
+    if (synced(s)) return groupUrl({ baseUrl: s.base_url, entity: s.entity, project: s.project, group: s.group ?? pipeline.id });
   }
   return undefined;
 }

@@ -13,7 +13,7 @@ import { RunReplayer } from './replay.js';
 import { baseUrlFrom, runUrl, wandbMode, type WandbTracking } from './settings.js';
 import { newState, readState, SyncLock, writeState } from './state.js';
 import { SystemSampler } from './system.js';
-import { wandbRunIdFor } from './destination.js';
+import { wandbGroupOf, wandbRunIdFor } from './destination.js';
 
 export interface LiveReplicaOptions {
   runsDir: string;
@@ -86,7 +86,7 @@ export function startWandbReplica(o: LiveReplicaOptions): LiveReplica {
   const ensureState = async () => {
     if (await readState(runDir)) return;
     const record = await new RunStore(o.runsDir, { secrets: o.secrets }).readRecord(o.runId);
-    await writeState(runDir, newState({ base_url: baseUrl, entity, project: o.tracking.project, wandb_run_id: await wandbRunIdFor(o.runsDir, record), group: record.group, tags: o.tracking.tags ?? [], job_type: record.plugin, notes: o.tracking.notes }));
+    await writeState(runDir, newState({ base_url: baseUrl, entity, project: o.tracking.project, wandb_run_id: await wandbRunIdFor(o.runsDir, record), group: wandbGroupOf(record), tags: o.tracking.tags ?? [], job_type: record.plugin, notes: o.tracking.notes }));
   };
 
   const connect = async (signal: AbortSignal): Promise<RunReplayer> => {

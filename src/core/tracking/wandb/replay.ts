@@ -19,6 +19,7 @@ import { RunStore } from '../../runs/store.js';
 import { scrub } from '../../secrets.js';
 import type { FileStreamBody, WandbClient } from './client.js';
 import { runUrl } from './settings.js';
+import { wandbGroupOf } from './destination.js';
 import { newState, readState, SYSTEM_FILE, syncDir, writeState, type StreamName, type WandbSyncState } from './state.js';
 import { readLines, sha256Text, type Line } from './streams.js';
 
@@ -164,7 +165,7 @@ export class RunReplayer {
       wandbRunId = parent.wandb_run_id;
     }
     const d = this.o.destination;
-    const state = newState({ base_url: d.baseUrl, entity: d.entity, project: d.project, wandb_run_id: wandbRunId, group: record.group, tags: d.tags, job_type: record.plugin, notes: d.notes });
+    const state = newState({ base_url: d.baseUrl, entity: d.entity, project: d.project, wandb_run_id: wandbRunId, group: wandbGroupOf(record), tags: d.tags, job_type: record.plugin, notes: d.notes });
     await writeState(dir, state);
     return state;
   }
