@@ -9,6 +9,8 @@ import { join } from 'node:path';
 import { parse as parseYaml, stringify as toYaml } from 'yaml';
 import { redactConfig, scrubDeep, secretValues } from '../core/secrets.js';
 import { RunStore, type RunRecord } from '../core/runs/index.js';
+import { SweepStore, type SweepRecord } from '../core/sweep/record.js';
+import { rankSweep, shortKey, type SweepResults } from '../core/sweep/results.js';
 import type { ChartSpec } from './chart-spec.js';
 import { chartsOf, parseHistory, type MediaRef } from './history.js';
 import { DEFAULT_IMAGE_BUDGET, findTableFiles, ImageBudget, readTable, type EmbeddedImage, type ReportTable } from './media.js';
@@ -66,12 +68,23 @@ export interface ReportData {
   title: string;
   generatedAt: string;
   pipeline?: { record: RunRecord; config?: string; seconds?: number };
+  sweep?: ReportSweep;
   runs: ReportRun[];
   environment: ReportEnvironment;
   /** images left out to keep the file small */
   imagesOmitted: number;
   imageBytes: number;
   warnings: string[];
+}
+
+/** A sweep's members ranked by its metric, shown above the members' runs. */
+export interface ReportSweep {
+  id: string;
+  metric?: string;
+  goal?: string;
+  /** rank, member, status, value, then one column per swept parameter */
+  columns: string[];
+  rows: (string | number)[][];
 }
 
 export interface CollectOptions {
@@ -158,12 +171,21 @@ export async function collectReport(store: RunStore, ids: readonly string[], opt
   const warnings: string[] = [];
   const warn = (m: string): void => void warnings.push(m);
   const all = await store.list();
-  const opened = await Promise.all(ids.map(async (id) => (await store.open(id)).read()));
+  const sweep = ids.length === 1 ? await findSweep(store, ids[0] as string) : undefined;
+  const opened = sweep ? [] : await Promise.all(ids.map(async (id) => (await store.open(id)).read()));
 
   let pipeline: ReportData['pipeline'];
   let chosen: { stage: string; record: RunRecord; status: StageStatus }[];
   const pipelineRecord = opened.length === 1 && opened[0]!.kind === 'pipeline' ? opened[0]! : undefined;
-  if (pipelineRecord) {
+  if (sweep) {
+    // each ranked member's run that holds the metric, best first
+    chosen = [];
+    for (const m of sweep.ranked.members) {
+      if (!m.runId) continue;
+      const record = await store.readRecord(m.runId);
+      chosen.push({ stage: `${m.rank === undefined ? 'unranked' : `#${m.rank}`} · member ${m.index}`, record, status: record.status });
+    }
+  } else if (pipelineRecord) {
     const config = redactedYaml(await readText(join(store.root, pipelineRecord.id, 'config.yaml')), secrets);
     pipeline = { record: pipelineRecord, ...(config !== undefined ? { config } : {}), ...(seconds(pipelineRecord) !== undefined ? { seconds: seconds(pipelineRecord)! } : {}) };
     chosen = await members(store, pipelineRecord, all);
@@ -244,9 +266,10 @@ export async function collectReport(store: RunStore, ids: readonly string[], opt
   });
 
   const data: ReportData = {
-    title: pipelineRecord ? pipelineRecord.name : opened.map((r) => r.name).join(', '),
+    title: sweep ? `sweep ${sweep.record.id} (${sweep.record.experiment ?? ''})` : pipelineRecord ? pipelineRecord.name : opened.map((r) => r.name).join(', '),
     generatedAt: new Date().toISOString(),
     ...(pipeline ? { pipeline } : {}),
+    ...(sweep ? { sweep: sweepTable(sweep.record, sweep.ranked) } : {}),
     runs,
     environment: environmentOf(pipelineRecord, runs.map((r) => r.record)),
     imagesOmitted: images.omitted,
@@ -254,6 +277,25 @@ export async function collectReport(store: RunStore, ids: readonly string[], opt
     warnings,
   };
   return scrubDeep(data, secrets);
+}
+
+/** The sweep an id (or unique prefix) names, when it names no run. */
+async function findSweep(store: RunStore, id: string): Promise<{ record: SweepRecord; ranked: SweepResults } | undefined> {
+  if ((await store.list()).some((r) => r.id === id || r.id.startsWith(id))) return undefined;
+  const matches = (await new SweepStore(store.root).list(() => {})).filter((r) => r.id === id || r.id.startsWith(id));
+  if (matches.length !== 1) return undefined;
+  const record = matches[0] as SweepRecord;
+  return { record, ranked: rankSweep(record, store) };
+}
+
+function sweepTable(record: SweepRecord, ranked: SweepResults): ReportSweep {
+  const params = [...new Set(record.members.flatMap((m) => Object.keys(m.parameters)))];
+  return {
+    id: record.id,
+    ...(ranked.metric ? { metric: ranked.metric.name, goal: ranked.metric.goal } : {}),
+    columns: ['rank', 'member', 'status', ranked.metric?.name ?? 'value', ...params.map(shortKey)],
+    rows: ranked.members.map((m) => [m.rank ?? '–', m.index, m.status, m.value ?? '–', ...params.map((k) => String(m.parameters[k] ?? '–'))]),
+  };
 }
 
 function environmentOf(pipeline: RunRecord | undefined, runs: RunRecord[]): ReportEnvironment {

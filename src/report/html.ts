@@ -158,6 +158,12 @@ export function renderReportHtml(data: ReportData): string {
     : `${data.runs.length} run(s)`;
   const body: string[] = [];
   body.push(`<h1>${escapeHtml(data.title)}</h1><div class="muted">${subtitle} · report written ${when(data.generatedAt)} UTC</div>`);
+  if (data.sweep) {
+    const sw = data.sweep;
+    const head = sw.columns.map((c) => `<th>${escapeHtml(c)}</th>`).join('');
+    const rows = sw.rows.map((r) => `<tr>${r.map((v) => `<td>${escapeHtml(typeof v === 'number' ? fmt(v) : v)}</td>`).join('')}</tr>`).join('');
+    body.push(`<h2>Sweep ranking <span class="muted" style="font-size:13px">${sw.metric ? `by ${escapeHtml(sw.metric)} (${escapeHtml(sw.goal ?? '')})` : 'no metric'}</span></h2><table class="report-table"><thead><tr>${head}</tr></thead><tbody>${rows}</tbody></table>`);
+  }
   body.push(`<h2>${p ? 'Stages' : 'Runs'}</h2>${stagesTable(data)}${timeline(data)}`);
   if (data.warnings.length || data.imagesOmitted) {
     const items = [...(data.imagesOmitted ? [`${data.imagesOmitted} image(s) not embedded to keep the file small`] : []), ...data.warnings];

@@ -168,6 +168,15 @@ describe('running sweeps', () => {
     ]);
     expect(shown.stdout).toContain('ranked by loss (maximize)');
     expect(readFileSync(join(dir, 'plot.png')).subarray(1, 4).toString()).toBe('PNG');
+    // the report of a sweep: the ranking, then each member's run best first
+    const report = cli(dir, ['report', id.slice(0, 9), '--out', 'sweep.html']);
+    expect(report.code, report.stderr).toBe(0);
+    const html = readFileSync(join(dir, 'sweep.html'), 'utf8');
+    expect(html).toContain('Sweep ranking');
+    expect(html).toMatch(/by loss \(maximize\)/);
+    const order = ['#1 · member 0', '#2 · member 1', '#3 · member 2'].map((s) => html.indexOf(s));
+    expect(order.every((i) => i > 0)).toBe(true);
+    expect([...order].sort((x, y) => x - y)).toEqual(order);
     expect(cli(dir, ['sweep']).stdout).toMatch(new RegExp(`${id}\\s+q\\s+grid\\s+finished\\s+3/3\\s+fit\\.x`));
     const again = cli(dir, ['run', 'e.yaml']);
     expect(again.stdout).toContain(`sweep ${id} (q): finished already`);
