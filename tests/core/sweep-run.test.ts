@@ -147,6 +147,32 @@ describe('running sweeps', () => {
     expect(table).toContain('early stopped (median rule):');
   }, 60_000);
 
+  it("members running at once share the hosts: a host with concurrency 1 runs one member's stage at a time", async () => {
+    const yaml = `name: q
+stages:
+  fit: { plugin: quadratic, host: one, with: { steps: 4, delay_ms: 150 } }
+sweep:
+  parameters:
+    stages.fit.with.x: [1, 2]
+  max_parallel: 2
+`;
+    const { dir } = await setup(yaml);
+    writeFileSync(join(dir, 'minidalle.config.json'), JSON.stringify({ runs_dir: 'runs', plugins: [FIXTURE_PLUGINS, QUADRATIC], hosts: { one: { kind: 'local', concurrency: 1 } } }));
+    const project = await loadProjectConfig(dir);
+    const registry = new PluginRegistry();
+    for (const file of [FIXTURE_PLUGINS, QUADRATIC]) for (const p of (await import(file)).default as Plugin[]) registry.add(p, file);
+    const hosts = ['local', 'one'];
+    const base = loadExperiment(join(dir, 'e.yaml'), { registry, projectDir: dir, hosts });
+    const plan = planSweep(base, {}, { registry, overrides: [], projectDir: dir, hosts });
+    const board = new ProgressBoard({ write: () => true });
+    const result = await runSweep(plan, { project, executors: { local: new LocalExecutor(), one: new LocalExecutor() }, board, lockPollMs: 20 });
+    expect(result.record.members.map((m) => m.status)).toEqual(['finished', 'finished']);
+    const fits = (await new RunStore(project.runsDir).list()).filter((r) => r.stage === 'fit').sort((a, b) => Date.parse(a.started_at!) - Date.parse(b.started_at!));
+    expect(fits).toHaveLength(2);
+    expect(fits.map((r) => r.host)).toEqual(['one', 'one']);
+    expect(Date.parse(fits[1]!.started_at!)).toBeGreaterThanOrEqual(Date.parse(fits[0]!.ended_at!)); // no overlap
+  }, 60_000);
+
   it('minidalle run --sweep and minidalle sweep <id> rank by the metric and goal; --plot writes a PNG', async () => {
     const yaml = `${EXPERIMENT}sweep:
   parameters:

@@ -7,25 +7,11 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { start } from '../support/cli.js';
-import { expectSteps, history, remoteProject, stageRuns, waitOrDump } from './helpers.js';
+import { expectSteps, history, localProcesses, remoteProject, stageRuns, waitOrDump } from './helpers.js';
 import { netnsUnavailable, TestNetwork, type TestHost } from './netns.js';
 
 const missing = netnsUnavailable();
 if (missing) console.warn(`tests/remote/failures: 2 tests skipped: ${missing}`);
-
-/** Local processes (this machine's pid namespace sees the hosts' too) whose command line matches. */
-function localProcesses(match: (args: string) => boolean): number[] {
-  return readdirSync('/proc')
-    .filter((p) => /^\d+$/.test(p))
-    .filter((p) => {
-      try {
-        return match(readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').join(' '));
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
-}
 
 describe.skipIf(missing !== '')('remote failures', () => {
   let net: TestNetwork;

@@ -53,3 +53,17 @@ export async function waitOrDump(run: ReturnType<typeof start>, what: string, ch
     throw new Error(`${err.message}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`);
   });
 }
+
+/** Local processes (this machine's pid namespace sees the hosts' too) whose command line matches. */
+export function localProcesses(match: (args: string) => boolean): number[] {
+  return readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .filter((p) => {
+      try {
+        return match(readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').join(' '));
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}

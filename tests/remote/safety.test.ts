@@ -8,25 +8,11 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { filesUnder, ROOT, start } from '../support/cli.js';
-import { expectSteps, history, remoteProject, stageRuns, waitOrDump } from './helpers.js';
+import { expectSteps, history, localProcesses, remoteProject, stageRuns, waitOrDump } from './helpers.js';
 import { netnsUnavailable, TestNetwork, type TestHost } from './netns.js';
 
 const missing = netnsUnavailable();
 if (missing) console.warn(`tests/remote/safety: 2 tests skipped: ${missing}`);
-
-/** Local processes (this machine's pid namespace sees the hosts' too) whose command line matches. */
-function localProcesses(match: (args: string) => boolean): number[] {
-  return readdirSync('/proc')
-    .filter((p) => /^\d+$/.test(p))
-    .filter((p) => {
-      try {
-        return match(readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').join(' '));
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
-}
 
 describe.skipIf(missing !== '')('remote safety', () => {
   let net: TestNetwork;

@@ -83,8 +83,17 @@ export class Placer {
   private readonly busy = new Map<string, number>();
   private readonly slots: Map<string, HostSlots>;
 
-  constructor(private readonly project: ProjectConfig) {
+  /**
+   * `shared`: one Placer for several pipelines at once (a sweep's members). Configured slots are then shared
+   * (a remote host's 1, a host's `concurrency`), while this machine without a configured `hosts.local.concurrency`
+   * leaves each pipeline its own `max_parallel`, as separate runs would have.
+   */
+  constructor(
+    private readonly project: ProjectConfig,
+    options: { shared?: boolean } = {},
+  ) {
     this.slots = new Map(inventory(project).map((h) => [h.name, h]));
+    if (options.shared && project.hosts.local?.concurrency === undefined) this.slots.set('local', { ...this.slots.get('local')!, concurrency: Number.POSITIVE_INFINITY });
   }
 
   /** Takes a slot on the first free candidate (hosts in `avoid` only when nothing else is free); undefined when all are busy. */

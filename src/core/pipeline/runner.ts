@@ -57,6 +57,11 @@ export interface RunPipelineOptions {
   lockPollMs?: number;
   /** More run.json meta for the pipeline run and each stage run it starts (a sweep member's `sweep: { id, member, parameters }`). */
   meta?: Record<string, unknown>;
+  /**
+   * Host slots shared with the other pipelines this process runs at once (a sweep's members), so that together
+   * they keep to each host's concurrency; default: the pipeline's own.
+   */
+  placer?: Placer;
 }
 
 /** Waits `ms`, or less when `stop()` turns true. */
@@ -185,7 +190,7 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
   const outcomes = new Map<string, StageOutcome>();
   const outputs: Record<string, StageOutputs> = {};
   const running = new Map<string, { proc: Pick<StageProcess, 'stop'>; done: Promise<void> }>();
-  const placer = new Placer(project);
+  const placer = options.placer ?? new Placer(project);
   /** Stages between "may start" and "worker started" (waiting for a lock, verifying, creating the run). */
   const launching = new Map<string, Promise<void>>();
   const maxParallel = options.maxParallel ?? exp.max_parallel ?? project.max_parallel;
@@ -486,6 +491,7 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
   // Scheduler: start every stage whose needs are done, up to maxParallel at once.
   const pending = [...loaded.order];
   while (pending.length > 0 || running.size > 0 || launching.size > 0) {
+    let waitingForHost = false;
     for (const name of [...pending]) {
       const needs = exp.stages[name]!.needs;
       const bad = needs.find((n) => outcomes.has(n) && !['finished', 'reused'].includes(outcomes.get(n)!.status));
@@ -507,7 +513,10 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
         pending.splice(pending.indexOf(name), 1);
         continue;
       }
-      if (host === undefined) continue; // every host it may use is busy: wait for one
+      if (host === undefined) {
+        waitingForHost = true; // every host it may use is busy: wait for one
+        continue;
+      }
       pending.splice(pending.indexOf(name), 1);
       const task = startStage(name, host)
         .catch((err: unknown) => {
@@ -519,7 +528,9 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
       launching.set(name, task);
     }
     const busy = [...running.values()].map((r) => r.done).concat([...launching.values()]);
-    if (busy.length > 0) await Promise.race(busy);
+    // a host may be freed by another pipeline sharing the placer (a sweep's members), not only by our own stages
+    if (waitingForHost) await Promise.race([...busy, pause(250, () => stopping)]);
+    else if (busy.length > 0) await Promise.race(busy);
     else if (pending.length > 0 && pending.every((n) => !exp.stages[n]!.needs.every((d) => outcomes.has(d)))) {
       throw new Error(`internal: stages ${pending.join(', ')} can never start`);
     }

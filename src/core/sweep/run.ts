@@ -6,6 +6,7 @@
  * runs only the members that have not finished (a member stopped mid-stage resumes from its checkpoint).
  */
 import { hostname } from 'node:os';
+import { Placer } from '../executors/placement.js';
 import { runPipeline, type PipelineResult, type RunPipelineOptions } from '../pipeline/runner.js';
 import { ProgressBoard } from '../progress.js';
 import { RunStore, tryLockFingerprint, type FingerprintLock, type RunRecord } from '../runs/index.js';
@@ -156,6 +157,8 @@ async function runLocked(plan: SweepPlan, options: RunSweepOptions, store: RunSt
   const watcher = plan.earlyStop ? watchEarlyStop(plan, record, store, controllers, earlyStopped, say, save, options.earlyStopPollMs ?? 1000) : undefined;
 
   const ran: number[] = [];
+  // one set of host slots for every member: members running at once share the hosts, each host's concurrency kept
+  const placer = options.placer ?? new Placer(options.project, { shared: true });
   const runMember = async (m: SweepMember): Promise<void> => {
     const mr = memberRecord(m.index);
     const controller = new AbortController();
@@ -172,6 +175,7 @@ async function runLocked(plan: SweepPlan, options: RunSweepOptions, store: RunSt
         board: new MemberBoard(options.board, `m${m.index}`),
         signal: controller.signal,
         whenBusy: 'wait',
+        placer,
         meta: { sweep: { id: record.id, member: m.index, parameters: m.parameters } },
       });
     } catch (err) {
