@@ -8,7 +8,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { basename, dirname, join, relative } from 'node:path';
 import { createInterface } from 'node:readline';
 import { gitState } from '../meta.js';
 import { isSecretKey } from '../secrets.js';
@@ -274,8 +274,11 @@ export class RemoteExecutor implements Executor {
 
   private saveAttachment(runDir: string, att: Attachment): void {
     const file = join(runDir, ATTACHMENT);
-    writeFileSync(`${file}.tmp`, `${JSON.stringify(att)}\n`);
-    renameSync(`${file}.tmp`, file);
+    // the temporary file lives beside the run dir, not in it: pulling the run dir back from the host (rsync
+    // --delete) must not remove it between the write and the rename
+    const tmp = join(dirname(runDir), `.${basename(runDir)}.${ATTACHMENT}.${process.pid}.tmp`);
+    writeFileSync(tmp, `${JSON.stringify(att)}\n`);
+    renameSync(tmp, file);
   }
 
   private async status(att: Attachment): Promise<AgentStatus | undefined> {
