@@ -15,12 +15,15 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { definePlugin } from '../../src/core/plugins/types.js';
+import { modelPath } from '../../src/core/refs.js';
 import { createShapesJudge, parseShapesCaption, scoreShapes } from '../../src/data/shapes-judge.js';
 import { describeCompute, initCompute, tf } from '../../src/ml/backend.js';
 import { cosine, embedImages, embedTexts, type ClipScorer } from '../../src/ml/clip-rank.js';
 import { Clip, CLIP_MEAN, CLIP_STD, clipConfigToHf, clipTextBatch, loadClip, readClipConfig, resolveClipConfig, saveClip, type ClipConfig } from '../../src/ml/models/clip.js';
 import { normsByName } from '../../src/ml/optim/index.js';
 import { loadTokenizer, saveTokenizer } from '../../src/ml/tokenizers/index.js';
+import { loadVqgan } from '../../src/ml/models/vqgan.js';
+import { Rng } from '../../src/ml/rng.js';
 import { imageBatch, loadImageSet, resolveInput, type ImageSet } from '../../src/ml/train/data.js';
 import { cadenceFields, checkAccumulation, checkSchedule, deriveSeed, findResume, optimizerFields, optimizerFrom, optimizerUpdate, runTraining, scheduleFields, scheduleFrom, ShuffledOrder, TrainState } from '../../src/ml/train/index.js';
 import { groupNorms } from '../../src/ml/train/transformer-fields.js';
@@ -54,6 +57,8 @@ export const ClipTrainConfig = z
     resolution: posInt.default(32).describe("image side the ViT reads (from scratch); with init, the model's image_size"),
     model: ClipModelFields.default(() => ClipModelFields.parse({})).describe('model sizes (from scratch)'),
     max_train_items: z.number().int().min(0).default(0).describe('read at most this many training images (0 = all)'),
+    vqgan: modelPath("VQGAN folder: training images are also shown as its reconstructions (encode → decode), the image domain of the samples CLIP re-ranks; '' = real images only"),
+    reconstruction_prob: z.number().min(0).max(1).default(0.5).describe('with vqgan: share of training rows shown as their reconstruction'),
     seed: z.number().int().min(0).nullable().default(null).describe('init/data seed; null = experiment seed'),
     steps: posInt.default(1500).describe('training steps'),
     batch_size: posInt.default(128).describe('image-caption pairs per step (the negatives of each pair)'),
@@ -107,6 +112,36 @@ export function retrievalTop1(textEmb: Float32Array, imageEmb: Float32Array, n: 
 function toBytes(set: ImageSet, i: number): Uint8Array {
   const per = set.side * set.side * 3;
   return Uint8Array.from(set.pixels.subarray(i * per, (i + 1) * per), (v) => Math.round(Math.min(1, Math.max(0, (v + 1) / 2)) * 255));
+}
+
+/**
+ * The set as `vqganDir` reconstructs it (encode → decode): generated samples are VQGAN decodes, so a CLIP
+ * that also sees reconstructions ranks them in their own image domain rather than only in the crisp one.
+ */
+async function reconstructSet(set: ImageSet, vqganDir: string): Promise<ImageSet> {
+  const vqgan = await loadVqgan(vqganDir);
+  try {
+    if (vqgan.config.resolution !== set.side) throw new ClipTrainError(`${NAME}: with.vqgan ${vqganDir} works at ${vqgan.config.resolution} px, the CLIP reads ${set.side} px; use a VQGAN of the CLIP's resolution`);
+    const per = set.side * set.side * 3;
+    const pixels = new Float32Array(set.pixels.length);
+    for (let i = 0; i < set.count; i += 256) {
+      const x = imageBatch(set, Array.from({ length: Math.min(256, set.count - i) }, (_, k) => i + k));
+      const y = vqgan.reconstruct(x);
+      pixels.set(y.dataSync(), i * per);
+      tf.dispose([x, y]);
+    }
+    return { ...set, pixels };
+  } finally {
+    vqgan.dispose();
+  }
+}
+
+/** (B, side, side, 3) rows of `real`, each drawn from `recon` instead with probability `prob`. */
+function mixedBatch(real: ImageSet, recon: ImageSet, idx: readonly number[], rng: Rng, prob: number): tf.Tensor4D {
+  const per = real.side * real.side * 3;
+  const buf = new Float32Array(idx.length * per);
+  idx.forEach((k, i) => buf.set((rng.uniform() < prob ? recon : real).pixels.subarray(k * per, (k + 1) * per), i * per));
+  return tf.tensor4d(buf, [idx.length, real.side, real.side, 3]);
 }
 
 export default definePlugin({
@@ -171,13 +206,21 @@ export default definePlugin({
     if (train.count < c.batch_size) throw new ClipTrainError(`${NAME}: ${trainSpec} has ${train.count} usable images, fewer than batch_size ${c.batch_size}`);
     if (heldout.count < 2) throw new ClipTrainError(`${NAME}: ${heldoutSpec} has ${heldout.count} usable images; retrieval needs at least 2`);
 
+    let recon: ImageSet | undefined;
+    if (c.vqgan) {
+      const t0 = Date.now();
+      recon = await reconstructSet(train, c.vqgan);
+      ctx.logger.info(`${NAME}: ${train.count} training images reconstructed by ${c.vqgan} in ${((Date.now() - t0) / 1000).toFixed(1)} s; ${Math.round(100 * c.reconstruction_prob)}% of rows are shown reconstructed`);
+    }
+    const domainRng = new Rng(deriveSeed(seed, 'domain'));
+
     const lrAt = scheduleFrom(c, c.steps);
     const optimizer = optimizerFrom(c, lrAt, model.params);
     const order = new ShuffledOrder(train.count, deriveSeed(seed, 'data'));
     const state = new TrainState({
       models: { model: { params: model.params, config: clipConfigToHf(cfg) } },
       optimizers: { model: { optimizer, params: model.params } },
-      rngs: {},
+      rngs: { domain: domainRng },
       data: order,
     });
     const judge = c.judge === 'shapes' ? await createShapesJudge(side) : undefined;
@@ -204,7 +247,7 @@ export default definePlugin({
             optimizer,
             (i) => {
               const part = idx.slice(i * micro, (i + 1) * micro);
-              const raw = imageBatch(train, part);
+              const raw = recon ? mixedBatch(train, recon, part, domainRng, c.reconstruction_prob) : imageBatch(train, part);
               const pixels = toUnit(raw);
               const text = clipTextBatch(tok, part.map((k) => train.captions[k] as string), L);
               const loss = model.loss(pixels, text.ids, text.mask);

@@ -15,12 +15,14 @@ import { DEFAULT_HELDOUT_COMBOS, generateShapes } from '../../src/data/shapes.js
 import { initCompute } from '../../src/ml/backend.js';
 import { clipScores, loadClipScorer, rankByScore } from '../../src/ml/clip-rank.js';
 import { loadClip } from '../../src/ml/models/clip.js';
+import { saveVqgan, Vqgan } from '../../src/ml/models/vqgan.js';
 import { saveTokenizer, trainByteLevelBpe } from '../../src/ml/tokenizers/index.js';
 import { loadCaptions, loadImageSet } from '../../src/ml/train/data.js';
 import { stageContext } from '../support/stage-context.js';
 
 let root: string;
 let store: RunStore;
+let vqganDir: string;
 const inputs: Record<string, StageOutputs> = {};
 const MODEL = { projection_dim: 32, text_width: 48, text_layers: 1, text_heads: 2, vision_width: 48, vision_layers: 1, vision_heads: 2, patch_size: 8, max_text_length: 24 };
 
@@ -35,6 +37,11 @@ beforeAll(async () => {
   saveTokenizer(tok, tokDir);
   inputs.data = { runId: 'd', outDir: root, artifacts: { train: shapes.train.pattern, heldout: shapes.heldout.pattern }, summary: {} };
   inputs.tokenizer = { runId: 't', outDir: root, artifacts: { tokenizer: join(tokDir, 'tokenizer.json') }, summary: {} };
+  // a random f4 VQGAN at the CLIP's 32 px: its reconstructions are another image domain for the mixed batches
+  const vqgan = Vqgan.create({ ch: 4, ch_mult: [1, 2, 2], num_res_blocks: 0, attn_resolutions: [], z_channels: 4, n_embed: 16, embed_dim: 4, num_groups: 2, resolution: 32 }, 1);
+  vqganDir = join(root, 'vqgan');
+  await saveVqgan(vqgan, vqganDir);
+  vqgan.dispose();
 });
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
@@ -86,8 +93,8 @@ describe('clip-train', () => {
     scorer.clip.dispose();
   });
 
-  it('stopping at step 3 and resuming gives the weights of an uninterrupted run at step 6', async () => {
-    const config = ClipTrainConfig.parse({ model: MODEL, steps: 6, batch_size: 16, grad_accumulation: 2, lr: 3e-3, lr_warmup_steps: 1, log_every: 1, eval_every: 3, checkpoint_every: 2, eval_count: 16 });
+  it('stopping at step 3 and resuming gives the weights of an uninterrupted run at step 6 (rows mixed with VQGAN reconstructions)', async () => {
+    const config = ClipTrainConfig.parse({ model: MODEL, steps: 6, batch_size: 16, grad_accumulation: 2, lr: 3e-3, lr_warmup_steps: 1, log_every: 1, eval_every: 3, checkpoint_every: 2, eval_count: 16, vqgan: vqganDir, reconstruction_prob: 0.5 });
     const a = await store.create({ name: 'clip-a', kind: 'stage' });
     const resA = await clipPlugin.run(stageContext(a, { config, inputs }));
     const b = await store.create({ name: 'clip-b', kind: 'stage' });
@@ -96,5 +103,19 @@ describe('clip-train', () => {
     const c = await store.create({ name: 'clip-c', kind: 'stage', resumed_from: b.id });
     const resC = await clipPlugin.run(stageContext(c, { config, inputs }));
     expect(await weights(resC.artifacts!.clip!)).toEqual(await weights(resA.artifacts!.clip!));
+    // the reconstructions change what CLIP learns: the same run on real images only ends elsewhere
+    const d = await store.create({ name: 'clip-d', kind: 'stage' });
+    const resD = await clipPlugin.run(stageContext(d, { config: { ...config, vqgan: '' }, inputs }));
+    expect(await weights(resD.artifacts!.clip!)).not.toEqual(await weights(resA.artifacts!.clip!));
+  });
+
+  it('refuses a VQGAN of another resolution, naming both', async () => {
+    const other = Vqgan.create({ ch: 4, ch_mult: [1, 2], num_res_blocks: 0, attn_resolutions: [], z_channels: 4, n_embed: 16, embed_dim: 4, num_groups: 2, resolution: 16 }, 1);
+    const dir = join(root, 'vqgan16');
+    await saveVqgan(other, dir);
+    other.dispose();
+    const run = await store.create({ name: 'clip-e', kind: 'stage' });
+    const config = ClipTrainConfig.parse({ model: MODEL, steps: 1, batch_size: 16, lr_warmup_steps: 0, eval_count: 16, vqgan: dir });
+    await expect(clipPlugin.run(stageContext(run, { config, inputs }))).rejects.toThrow(/works at 16 px, the CLIP reads 32 px/);
   });
 });
