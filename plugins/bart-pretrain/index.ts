@@ -14,13 +14,12 @@ import { normsByName } from '../../src/ml/optim/index.js';
 import { Rng } from '../../src/ml/rng.js';
 import { loadTokenizer, saveTokenizer, type TextTokenizer } from '../../src/ml/tokenizers/index.js';
 import { loadCaptions, resolveInput } from '../../src/ml/train/data.js';
-import { cadenceFields, checkAccumulation, checkSchedule, deriveSeed, findResume, optimizerFields, optimizerFrom, optimizerUpdate, runTraining, scheduleFields, scheduleFrom, ShuffledOrder, TrainState } from '../../src/ml/train/index.js';
+import { cadenceFields, deriveSeed, findResume, optimizerFields, optimizerFrom, optimizerUpdate, runTraining, scheduleFields, scheduleFrom, ShuffledOrder, TrainState, trainerConfig } from '../../src/ml/train/index.js';
 import { dalleBartConfigOf, groupNorms, TransformerFields } from '../../src/ml/train/transformer-fields.js';
 
 const posInt = z.number().int().min(1);
 
-export const BartPretrainConfig = z
-  .object({
+export const BartPretrainConfig = trainerConfig({
     train: z.string().default('').describe("training captions (tar pattern, folder, table, parquet); '' = the upstream stage's train artifact"),
     heldout: z.string().default('').describe("held-out captions; '' = the upstream stage's heldout artifact"),
     caption_fields: z.array(z.string().min(1)).min(1).default(['txt']).describe('caption fields tried in order'),
@@ -36,10 +35,7 @@ export const BartPretrainConfig = z
     eval_count: posInt.default(256).describe('held-out captions in the eval loss'),
     ...cadenceFields({ log_every: 10, eval_every: 250, media_every: 250, checkpoint_every: 500 }),
     log_norms: z.boolean().default(true).describe('log per-layer gradient and weight norms at log steps'),
-  })
-  .strict()
-  .superRefine(checkSchedule)
-  .superRefine(checkAccumulation);
+});
 
 export type BartPretrainConfig = z.output<typeof BartPretrainConfig>;
 

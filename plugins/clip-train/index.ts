@@ -25,7 +25,7 @@ import { loadTokenizer, saveTokenizer } from '../../src/ml/tokenizers/index.js';
 import { loadVqgan } from '../../src/ml/models/vqgan.js';
 import { Rng } from '../../src/ml/rng.js';
 import { imageBatch, loadImageSet, resolveInput, type ImageSet } from '../../src/ml/train/data.js';
-import { cadenceFields, checkAccumulation, checkSchedule, deriveSeed, findResume, optimizerFields, optimizerFrom, optimizerUpdate, runTraining, scheduleFields, scheduleFrom, ShuffledOrder, TrainState } from '../../src/ml/train/index.js';
+import { cadenceFields, deriveSeed, findResume, optimizerFields, optimizerFrom, optimizerUpdate, runTraining, scheduleFields, scheduleFrom, ShuffledOrder, TrainState, trainerConfig } from '../../src/ml/train/index.js';
 import { groupNorms } from '../../src/ml/train/transformer-fields.js';
 
 const posInt = z.number().int().min(1);
@@ -48,8 +48,7 @@ const ClipModelFields = z
   })
   .strict();
 
-export const ClipTrainConfig = z
-  .object({
+export const ClipTrainConfig = trainerConfig({
     train: z.string().default('').describe("training images with captions (tar pattern, folder, table, parquet); '' = the upstream stage's train artifact"),
     heldout: z.string().default('').describe("held-out images with captions; '' = the upstream stage's heldout artifact"),
     tokenizer: z.string().default('').describe("tokenizer.json or folder; '' = init's tokenizer.json, else the upstream stage's tokenizer artifact"),
@@ -68,10 +67,7 @@ export const ClipTrainConfig = z
     judge: z.enum(['none', 'shapes']).default('none').describe("'shapes': also score retrieval by the attributes the retrieved image shows"),
     ...cadenceFields({ log_every: 25, eval_every: 500, media_every: 500, checkpoint_every: 500 }),
     log_norms: z.boolean().default(false).describe('log per-tower gradient norms at log steps'),
-  })
-  .strict()
-  .superRefine(checkSchedule)
-  .superRefine(checkAccumulation);
+});
 
 export type ClipTrainConfig = z.output<typeof ClipTrainConfig>;
 

@@ -26,13 +26,12 @@ import { Rng } from '../../src/ml/rng.js';
 import { generateImages, imageGrid, writeGenerationConfig, writeVqganReference } from '../../src/ml/text2image.js';
 import { loadTokenizer, saveTokenizer, type TextTokenizer } from '../../src/ml/tokenizers/index.js';
 import { resolveInput, upstreamArtifact } from '../../src/ml/train/data.js';
-import { cadenceFields, checkAccumulation, checkSchedule, deriveSeed, findResume, optimizerFields, optimizerFrom, optimizerUpdate, runTraining, scheduleFields, scheduleFrom, TrainState } from '../../src/ml/train/index.js';
+import { cadenceFields, deriveSeed, findResume, optimizerFields, optimizerFrom, optimizerUpdate, runTraining, scheduleFields, scheduleFrom, TrainState, trainerConfig } from '../../src/ml/train/index.js';
 import { dalleBartConfigOf, groupNorms, TransformerFields } from '../../src/ml/train/transformer-fields.js';
 
 const posInt = z.number().int().min(1);
 
-export const Seq2SeqTrainConfig = z
-  .object({
+export const Seq2SeqTrainConfig = trainerConfig({
     train: z.string().default('').describe("encoded dataset folder (dataset.json + parquet shards); '' = the upstream stage's train artifact"),
     heldout: z.string().default('').describe("held-out encoded dataset folder; '' = the upstream stage's heldout artifact"),
     tokenizer: z.string().default('').describe("tokenizer.json or folder; '' = the upstream stage's tokenizer artifact, else encoder_init's tokenizer.json"),
@@ -59,10 +58,7 @@ export const Seq2SeqTrainConfig = z
     temperature: z.number().positive().default(1).describe('temperature of evaluation sampling'),
     judge: z.enum(['none', 'shapes']).default('none').describe("score generated images from pixels: 'shapes' judges shape, colour, position and size of the shapes dataset"),
     judge_count: posInt.default(64).describe('held-out prompts generated and judged at each eval (and as many training prompts at the end)'),
-  })
-  .strict()
-  .superRefine(checkSchedule)
-  .superRefine(checkAccumulation);
+});
 
 export type Seq2SeqTrainConfig = z.output<typeof Seq2SeqTrainConfig>;
 

@@ -33,7 +33,7 @@ import {
 import { loadVqgan, readVqganConfig, saveVqgan, Vqgan } from '../../src/ml/models/vqgan.js';
 import { AdamW, disposeGrads, valueAndGrads } from '../../src/ml/optim/index.js';
 import { Rng } from '../../src/ml/rng.js';
-import { cadenceFields, checkSchedule, deriveSeed, findResume, optimizerFields, runTraining, scheduleFields, scheduleFrom, ShuffledOrder, TrainState } from '../../src/ml/train/index.js';
+import { cadenceFields, deriveSeed, findResume, optimizerFields, runTraining, scheduleFields, scheduleFrom, ShuffledOrder, TrainState, trainerConfig } from '../../src/ml/train/index.js';
 import { imageBatch, loadImageSet, resolveInput, type ImageSet } from '../../src/ml/train/data.js';
 
 const posInt = z.number().int().min(1);
@@ -55,8 +55,7 @@ export const VqganModelFields = z
 
 const { beta1, beta2 } = optimizerFields({ beta1: 0.5, beta2: 0.9 });
 
-export const VqganFinetuneConfig = z
-  .object({
+export const VqganFinetuneConfig = trainerConfig({
     train: z.string().default('').describe("training images (tar pattern, folder, parquet…); '' = the `data` stage's train artifact"),
     heldout: z.string().default('').describe("held-out images; '' = the `data` stage's heldout artifact"),
     resolution: posInt.default(32).describe('image side in pixels'),
@@ -83,9 +82,7 @@ export const VqganFinetuneConfig = z
     restart_until: z.number().int().min(0).default(0).describe('no restarts from this step on, so the codebook settles (0 = steps·3/4)'),
     eval_count: posInt.default(128).describe('held-out images evaluated'),
     ...cadenceFields({ log_every: 10, eval_every: 250, media_every: 250, checkpoint_every: 500 }),
-  })
-  .strict()
-  .superRefine(checkSchedule);
+});
 
 export type VqganFinetuneConfig = z.output<typeof VqganFinetuneConfig>;
 

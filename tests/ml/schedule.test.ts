@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ScheduleConfigError, makeSchedule } from '../../src/ml/schedule.js';
+import { z } from 'zod';
+import { optimizerFields, scheduleFields, trainerConfig } from '../../src/ml/train/config.js';
 
 describe('learning-rate schedules', () => {
   it('warmup then constant', () => {
@@ -43,5 +45,17 @@ describe('learning-rate schedules', () => {
     expect(() => makeSchedule({ lr: 1, decay: 'exponential' })).toThrow(/decayRate and transitionSteps/);
     expect(() => makeSchedule({ lr: 1, warmupSteps: 1.5 })).toThrow(/warmupSteps/);
     expect(() => makeSchedule({ lr: 1 })(-1)).toThrow(/steps start at 0/);
+  });
+});
+
+describe('trainerConfig', () => {
+  const Config = trainerConfig({ steps: z.number().int().default(10), batch_size: z.number().int().default(8), ...scheduleFields({ lr: 1e-3, lr_warmup_steps: 2, lr_decay: 'cosine' }), ...optimizerFields() });
+
+  it('is strict and checks the schedule and the accumulation', () => {
+    expect(Config.safeParse({}).success).toBe(true);
+    expect(Config.safeParse({ bogus: 1 }).error?.issues[0]).toMatchObject({ code: 'unrecognized_keys' });
+    expect(Config.safeParse({ lr_warmup_steps: 10 }).error?.issues[0]).toMatchObject({ path: ['lr_warmup_steps'], message: expect.stringMatching(/must be less than steps \(10\)/) });
+    expect(Config.safeParse({ batch_size: 10, grad_accumulation: 3 }).error?.issues[0]).toMatchObject({ path: ['grad_accumulation'], message: 'must divide batch_size (10), is 3' });
+    expect(Config.safeParse({ batch_size: 12, grad_accumulation: 3 }).success).toBe(true);
   });
 });

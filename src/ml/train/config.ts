@@ -2,8 +2,7 @@
  * Config fragments every trainer's `with:` block is built from, so the same knob has the same name,
  * default semantics and validation in vqgan-finetune, bart-pretrain, seq2seq-train and clip-train:
  *
- *   z.object({ ...scheduleFields({ lr: 2e-4 }), ...optimizerFields({ beta1: 0.5 }), ...cadenceFields(), …model fields })
- *     .superRefine(checkSchedule)
+ *   trainerConfig({ steps, ...scheduleFields({ lr: 2e-4 }), ...optimizerFields({ beta1: 0.5 }), ...cadenceFields(), …model fields })
  *
  * and the builders that turn those fields into an optimizer and a learning-rate schedule.
  */
@@ -83,6 +82,21 @@ export function checkAccumulation(c: { batch_size: number; grad_accumulation: nu
   if (c.batch_size % c.grad_accumulation !== 0) {
     ctx.addIssue({ code: 'custom', path: ['grad_accumulation'], message: `must divide batch_size (${c.batch_size}), is ${c.grad_accumulation}` });
   }
+}
+
+/**
+ * A trainer's `with:` block from its fields: strict (a misspelt key is an error at its line), with the schedule
+ * check, and the accumulation check when the trainer accumulates gradients.
+ */
+export function trainerConfig<T extends z.ZodRawShape & { steps: z.ZodTypeAny; lr_warmup_steps: z.ZodTypeAny; lr_decay: z.ZodTypeAny }>(fields: T) {
+  return z
+    .object(fields)
+    .strict()
+    .superRefine((c, ctx) => {
+      const v = c as unknown as Pick<ScheduleValues, 'lr_warmup_steps' | 'lr_decay'> & { steps: number; batch_size?: number; grad_accumulation?: number };
+      checkSchedule(v, ctx);
+      if (v.batch_size !== undefined && v.grad_accumulation !== undefined) checkAccumulation({ batch_size: v.batch_size, grad_accumulation: v.grad_accumulation }, ctx);
+    });
 }
 
 /** step (updates already applied) → learning rate, from the schedule fields. */

@@ -1,4 +1,4 @@
-export { cadenceFields, checkAccumulation, checkSchedule, optimizerFields, optimizerFrom, scheduleFields, scheduleFrom } from './config.js';
+export { cadenceFields, optimizerFields, optimizerFrom, scheduleFields, scheduleFrom, trainerConfig } from './config.js';
 export type { OptimizerDefaults, ScheduleDefaults } from './config.js';
 export { findResume, runTraining } from './loop.js';
 export type { Cadence, Trainer } from './loop.js';
