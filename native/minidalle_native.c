@@ -21,6 +21,7 @@
 #define NAPI_VERSION 8
 #include <node_api.h>
 #include <cblas.h>
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -1089,6 +1090,205 @@ static napi_value adamw(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ---------------------------------------------------------------- incremental decoding
+ * The kernels of one decoding step (DalleBart.decodeStep with the fused path): there every tensor is a
+ * few rows of d_model floats, so a stock op costs more in dispatch than in arithmetic, and ~500 of them
+ * made a step. These fuse what a step does between two weight reads: a linear layer with its bias and
+ * activation, a residual add with its layer norm, and attention of one new query per row over cached
+ * keys/values (writing the new key/value row into the preallocated cache first). */
+
+enum { ACT_NONE = 0, ACT_GELU = 1, ACT_GELU_TANH = 2, ACT_RELU = 3, ACT_SWISH = 4 };
+
+/* Arguments (heap, `ints` integers, `doubles` numbers): as heap_and_ints, with numbers after the integers. */
+static int heap_ints_doubles(napi_env env, napi_callback_info info, const char* fn, const char* usage, size_t ints, size_t doubles, float** heap,
+                             int64_t* floats, int64_t* v, double* d) {
+  napi_value argv[24];
+  size_t argc = 24;
+  int ok = ints + doubles < 24 && napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc == ints + doubles + 1 &&
+           heap_of(env, argv[0], heap, floats);
+  for (size_t i = 0; ok && i < ints; i++) ok = int_arg(env, argv[1 + i], &v[i]);
+  for (size_t i = 0; ok && i < doubles; i++) ok = napi_get_value_double(env, argv[1 + ints + i], &d[i]) == napi_ok;
+  if (!ok) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "expected %s", usage);
+    fail(env, fn, msg);
+  }
+  return ok;
+}
+
+/* The same formulas as nn.ts's activations, in the same order of operations. */
+VECTORISED static void act_gelu(float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = y[i] * (erff(y[i] * (float)M_SQRT1_2) + 1.0f) * 0.5f;
+}
+VECTORISED static void act_gelu_tanh(float* y, int64_t n) {
+  const float c = (float)sqrt(2.0 / M_PI);
+  for (int64_t i = 0; i < n; i++) {
+    float x = y[i], cube = x * x * x;
+    y[i] = x * (tanhf((x + cube * 0.044715f) * c) + 1.0f) * 0.5f;
+  }
+}
+VECTORISED static void act_relu(float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = y[i] > 0.0f ? y[i] : 0.0f;
+}
+VECTORISED static void act_swish(float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = y[i] / (1.0f + expf(-y[i]));
+}
+VECTORISED static void add_bias(float* y, const float* b, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] += b[i];
+}
+
+typedef struct {
+  float* y;
+  const float* b;
+  int64_t rows, n;
+  int act;
+} EpilogueJob;
+
+static void epilogue_part(void* arg, int part, int parts) {
+  const EpilogueJob* e = arg;
+  int64_t r0, r1;
+  part_range(e->rows, part, parts, 1, &r0, &r1);
+  static void (*const acts[])(float*, int64_t) = {NULL, act_gelu, act_gelu_tanh, act_relu, act_swish};
+  for (int64_t r = r0; r < r1; r++) {
+    float* y = e->y + r * e->n;
+    if (e->b) add_bias(y, e->b, e->n);
+    if (e->act != ACT_NONE) acts[e->act](y, e->n);
+  }
+}
+
+/* linear(heap, xOff, wOff, bOff, yOff, rows, in, out, act): y[rows, out] = act(x[rows, in] · W[in, out] + b),
+ * bOff −1 = no bias; act: none 0, exact GELU 1, tanh GELU 2, ReLU 3, swish 4. */
+static napi_value linear_act(napi_env env, napi_callback_info info) {
+  float* heap;
+  int64_t floats, v[8];
+  if (!heap_and_ints(env, info, "linear", "(heap, xOff, wOff, bOff, yOff, rows, in, out, act)", 8, &heap, &floats, v)) return NULL;
+  int64_t rows = v[4], in = v[5], out = v[6], act = v[7];
+  if (rows <= 0 || in <= 0 || out <= 0 || rows > INT32_MAX || in > INT32_MAX || out > INT32_MAX) return fail(env, "linear", "sizes must be positive and fit in 32 bits");
+  if (act < ACT_NONE || act > ACT_SWISH) return fail(env, "linear", "unknown activation");
+  if (!inside(v[0], rows * in, floats) || !inside(v[1], in * out, floats) || (v[2] != -1 && !inside(v[2], out, floats)) || !inside(v[3], rows * out, floats))
+    return fail(env, "linear", "a tensor lies outside the heap");
+  GemmJob job = {false, false, rows, out, in, 1, 0, 0, heap + v[0], heap + v[1], heap + v[3]};
+  run_parallel(sgemm_part, &job, rows * out * in);
+  if (v[2] != -1 || act != ACT_NONE) {
+    EpilogueJob e = {heap + v[3], v[2] != -1 ? heap + v[2] : NULL, rows, out, (int)act};
+    run_parallel(epilogue_part, &e, rows * out * (act == ACT_NONE ? 1 : 16));
+  }
+  return NULL;
+}
+
+/* addLayerNorm(heap, xOff, rOff, rRows, wOff, bOff, yOff, sOff, rows, c, eps): per row s = x + r (rOff −1: s = x;
+ * r has rRows = rows rows, or 1 row added to every row of x),
+ * y = (s − mean(s)) / √(var(s) + eps) · w + b (wOff / bOff −1: absent); sOff ≥ 0 also stores s (the pre-LN
+ * residual stream). Statistics in double. */
+static napi_value add_layer_norm(napi_env env, napi_callback_info info) {
+  float* heap;
+  int64_t floats, v[9];
+  double eps;
+  if (!heap_ints_doubles(env, info, "addLayerNorm", "(heap, xOff, rOff, rRows, wOff, bOff, yOff, sOff, rows, c, eps)", 9, 1, &heap, &floats, v, &eps)) return NULL;
+  int64_t xOff = v[0], rOff = v[1], rRows = v[2], wOff = v[3], bOff = v[4], yOff = v[5], sOff = v[6], rows = v[7], c = v[8], n = rows * c;
+  if (rows <= 0 || c <= 0 || (rRows != rows && rRows != 1)) return fail(env, "addLayerNorm", "sizes must be positive, and r must have 1 row or as many as x");
+  if (!inside(xOff, n, floats) || (rOff != -1 && !inside(rOff, rRows * c, floats)) || (wOff != -1 && !inside(wOff, c, floats)) ||
+      (bOff != -1 && !inside(bOff, c, floats)) || !inside(yOff, n, floats) || (sOff != -1 && !inside(sOff, n, floats)))
+    return fail(env, "addLayerNorm", "a tensor lies outside the heap");
+  const float *x = heap + xOff, *r = rOff != -1 ? heap + rOff : NULL, *w = wOff != -1 ? heap + wOff : NULL, *b = bOff != -1 ? heap + bOff : NULL;
+  float *y = heap + yOff, *keep = sOff != -1 ? heap + sOff : NULL;
+  for (int64_t row = 0; row < rows; row++) {
+    const float *xr = x + row * c, *rr = r ? r + (rRows == 1 ? 0 : row * c) : NULL;
+    float* yr = y + row * c;
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < c; i++) {
+      float s = rr ? xr[i] + rr[i] : xr[i];
+      yr[i] = s;
+      mean += s;
+    }
+    mean /= (double)c;
+    for (int64_t i = 0; i < c; i++) var += (yr[i] - mean) * (yr[i] - mean);
+    float rstd = (float)(1.0 / sqrt(var / (double)c + eps)), m = (float)mean;
+    if (keep) memcpy(keep + row * c, yr, (size_t)c * sizeof(float));
+    for (int64_t i = 0; i < c; i++) {
+      float z = (yr[i] - m) * rstd;
+      if (w) z *= w[i];
+      if (b) z += b[i];
+      yr[i] = z;
+    }
+  }
+  return NULL;
+}
+
+typedef struct {
+  const float *q, *bias;
+  float *k, *v, *y;
+  const float *knew, *vnew;
+  int64_t q_stride, new_stride, cap, keys, heads, hs, pos, rows_heads;
+  float scale;
+} AttendJob;
+
+/* Rows × heads split into parts; each (row, head) writes its new key/value row (when given), then attends. */
+static void attend_part(void* arg, int part, int parts) {
+  const AttendJob* j = arg;
+  const int64_t hs = j->hs, C = j->heads * hs;
+  float* s = scratch[part];
+  int64_t u0, u1;
+  part_range(j->rows_heads, part, parts, 1, &u0, &u1);
+  for (int64_t u = u0; u < u1; u++) {
+    int64_t b = u / j->heads, h = u % j->heads;
+    float* kb = j->k + u * j->cap * hs;
+    float* vb = j->v + u * j->cap * hs;
+    if (j->knew) {
+      memcpy(kb + j->pos * hs, j->knew + b * j->new_stride + h * hs, (size_t)hs * sizeof(float));
+      memcpy(vb + j->pos * hs, j->vnew + b * j->new_stride + h * hs, (size_t)hs * sizeof(float));
+    }
+    float q[hs];
+    const float* qr = j->q + b * j->q_stride + h * hs;
+    for (int64_t d = 0; d < hs; d++) q[d] = qr[d] * j->scale;
+    float max = -FLT_MAX;
+    for (int64_t t = 0; t < j->keys; t++) {
+      const float* kr = kb + t * hs;
+      float dot = 0;
+      for (int64_t d = 0; d < hs; d++) dot += q[d] * kr[d];
+      if (j->bias) dot += j->bias[b * j->keys + t];
+      s[t] = dot;
+      if (dot > max) max = dot;
+    }
+    float total = 0;
+    for (int64_t t = 0; t < j->keys; t++) total += (s[t] = expf(s[t] - max));
+    float* yr = j->y + b * C + h * hs;
+    for (int64_t d = 0; d < hs; d++) yr[d] = 0;
+    for (int64_t t = 0; t < j->keys; t++) {
+      const float p = s[t] / total, *vr = vb + t * hs;
+      for (int64_t d = 0; d < hs; d++) yr[d] += p * vr[d];
+    }
+  }
+}
+
+/* attendOne(heap, qOff, qStride, kOff, vOff, cap, keys, biasOff, yOff, rows, heads, hs, kNewOff, vNewOff, newStride, pos, scale):
+ * one query per row. K and V are (rows, heads, cap, hs); q of row b, head h is at qOff + b·qStride + h·hs and is
+ * scaled by `scale` (as HF BART scales its projected queries). With kNewOff ≥ 0, first K[b, h, pos] = kNew[b·newStride
+ * + h·hs …] and V[b, h, pos] = vNew[…] (the cache is written in place). Then s_t = q·K[b, h, t] + bias[b·keys + t]
+ * (biasOff −1: no bias) for t < keys, p = softmax(s), and Y[b, h·hs + d] = Σ_t p_t·V[b, h, t, d]: Y is (rows, heads·hs). */
+static napi_value attend_one(napi_env env, napi_callback_info info) {
+  float* heap;
+  int64_t floats, v[15];
+  double scale;
+  if (!heap_ints_doubles(env, info, "attendOne", "(heap, qOff, qStride, kOff, vOff, cap, keys, biasOff, yOff, rows, heads, hs, kNewOff, vNewOff, newStride, pos, scale)", 15, 1,
+                         &heap, &floats, v, &scale))
+    return NULL;
+  int64_t qOff = v[0], qStride = v[1], kOff = v[2], vOff = v[3], cap = v[4], keys = v[5], biasOff = v[6], yOff = v[7], rows = v[8], heads = v[9], hs = v[10];
+  int64_t kNew = v[11], vNew = v[12], newStride = v[13], pos = v[14];
+  if (rows <= 0 || heads <= 0 || hs <= 0 || hs > 4096 || keys <= 0 || keys > cap || qStride < heads * hs) return fail(env, "attendOne", "sizes must be positive, with keys ≤ cap and hs ≤ 4096");
+  if ((kNew != -1) != (vNew != -1) || (kNew != -1 && (pos < 0 || pos >= keys || newStride < heads * hs))) return fail(env, "attendOne", "a new key/value row needs both offsets and 0 ≤ pos < keys");
+  if (!inside(qOff, (rows - 1) * qStride + heads * hs, floats) || !inside(kOff, rows * heads * cap * hs, floats) || !inside(vOff, rows * heads * cap * hs, floats) ||
+      (biasOff != -1 && !inside(biasOff, rows * keys, floats)) || !inside(yOff, rows * heads * hs, floats) ||
+      (kNew != -1 && (!inside(kNew, (rows - 1) * newStride + heads * hs, floats) || !inside(vNew, (rows - 1) * newStride + heads * hs, floats))))
+    return fail(env, "attendOne", "a tensor lies outside the heap");
+  int threads = pool.size;
+  if (!reserve_scratch(threads, keys)) return fail(env, "attendOne", "out of memory");
+  AttendJob j = {heap + qOff, biasOff != -1 ? heap + biasOff : NULL, heap + kOff, heap + vOff, heap + yOff, kNew != -1 ? heap + kNew : NULL, vNew != -1 ? heap + vNew : NULL,
+                 qStride, newStride, cap, keys, heads, hs, pos, rows * heads, (float)scale};
+  run_parallel(attend_part, &j, rows * heads * keys * hs * 2);
+  return NULL;
+}
+
 /* setThreads(n[, minParallelWork]): threads of the pool, the JS thread included (1 … MAX_THREADS), and
  * optionally the work below which a job runs in one part. */
 static napi_value set_threads(napi_env env, napi_callback_info info) {
@@ -1135,6 +1335,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"groupNorm", NULL, group_norm, NULL, NULL, NULL, napi_enumerable, NULL},
       {"groupNormGrad", NULL, group_norm_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"adamw", NULL, adamw, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"linear", NULL, linear_act, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"addLayerNorm", NULL, add_layer_norm, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"attendOne", NULL, attend_one, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setThreads", NULL, set_threads, NULL, NULL, NULL, napi_enumerable, NULL},
       {"info", NULL, blas_info, NULL, NULL, NULL, napi_enumerable, NULL},
   };

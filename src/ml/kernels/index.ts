@@ -8,6 +8,7 @@ import { batchMatMulConfig, batchMatMulGradConfig } from './batch-matmul.js';
 import { cpuResizeNearestNeighborGradConfig } from './cpu-resize-grad.js';
 import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig, conv2DConfig } from './conv.js';
 import { BINARY_KERNELS, binaryConfigs, castConfig, identityConfig, sumConfig, UNARY_KERNELS, unaryConfigs } from './elementwise.js';
+import { addLayerNormConfig, attendOneConfig, decodeLinearConfig } from './decode.js';
 import { unsortedSegmentSumConfig } from './segment-sum.js';
 import { adamwUpdateConfig, groupNormConfig, groupNormGradConfig, sparseXentConfig, sparseXentGradConfig, swishConfig, swishGradConfig } from './fused.js';
 import { captureStockKernels } from './wasm-heap.js';
@@ -33,6 +34,9 @@ export const WASM_KERNELS: readonly tf.KernelConfig[] = [
   groupNormGradConfig,
   swishConfig,
   swishGradConfig,
+  decodeLinearConfig,
+  addLayerNormConfig,
+  attendOneConfig,
 ];
 
 /** Stock wasm kernels ours call into. */
