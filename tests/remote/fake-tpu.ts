@@ -36,9 +36,9 @@ export class FakeTpuApi {
   private ops = 0;
   private creates = 0;
 
-  /** `address(nodeId)`: the IP a created node answers at; `onCreate`: bring that host up. */
+  /** `address(nodeId)`: the IP a created node answers at (one per worker of a slice); `onCreate`: bring that host up. */
   constructor(
-    private readonly address: (nodeId: string) => string,
+    private readonly address: (nodeId: string) => string | string[],
     private readonly onCreate: (nodeId: string) => Promise<void> | void = () => {},
   ) {}
 
@@ -79,7 +79,7 @@ export class FakeTpuApi {
   }
 
   private async addNode(parent: string, nodeId: string, body: Record<string, unknown>): Promise<FakeNode> {
-    const ip = this.address(nodeId);
+    const ips = [this.address(nodeId)].flat();
     await this.onCreate(nodeId);
     const node: FakeNode = {
       name: `${parent}/nodes/${nodeId}`,
@@ -88,7 +88,7 @@ export class FakeTpuApi {
       runtimeVersion: String(body.runtimeVersion),
       schedulingConfig: body.schedulingConfig as Record<string, unknown>,
       metadata: body.metadata as Record<string, string>,
-      networkEndpoints: [{ ipAddress: ip, port: 8470, accessConfig: { externalIp: ip } }],
+      networkEndpoints: ips.map((ip) => ({ ipAddress: ip, port: 8470, accessConfig: { externalIp: ip } })),
       createTime: new Date(Date.now() + ++this.creates).toISOString(),
     };
     this.nodes.set(node.name, node);

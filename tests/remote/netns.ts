@@ -29,6 +29,11 @@ export interface TestHost {
   workDir: string;
   /** The veth end on this machine's side (gone with the namespace, unless setup failed half-way). */
   outer: string;
+  /**
+   * Bind mounts seen only by this host's sshd and its sessions (its own mount namespace): a path that is the
+   * same on every worker of a TPU slice but is each worker's own disk.
+   */
+  mounts: { source: string; target: string }[];
   sshd?: ChildProcess;
 }
 
@@ -90,13 +95,13 @@ export class TestNetwork {
   }
 
   /** A host named `name` at 10.<subnet>.<index>.2, with sshd listening on port 22 there. */
-  addHost(name: string): TestHost {
+  addHost(name: string, options: { mounts?: { source: string; target: string }[] } = {}): TestHost {
     const i = this.hosts.length + 1;
     const ns = `mdt${process.pid}h${i}`;
     const outer = `mdo${process.pid % 100000}${i}`;
     const inner = `mdi${process.pid % 100000}${i}`;
     const address = `10.${this.subnet}.${i}.2`;
-    const host: TestHost = { name, ns, address, outer, workDir: join(this.dir, name, 'work') };
+    const host: TestHost = { name, ns, address, outer, workDir: join(this.dir, name, 'work'), mounts: options.mounts ?? [] };
     this.hosts.push(host);
     ip('netns', 'add', ns);
     ip('link', 'add', outer, 'type', 'veth', 'peer', 'name', inner);
@@ -137,7 +142,12 @@ export class TestNetwork {
         '',
       ].join('\n'),
     );
-    host.sshd = spawn('ip', ['netns', 'exec', host.ns, SSHD, '-D', '-e', '-f', config], { stdio: ['ignore', 'ignore', 'pipe'] });
+    // `ip netns exec` gives the command its own mount namespace (with / as a slave): the bind mounts made
+    // there stay inside it
+    const bindThenSshd = 'sshd=$1 config=$2; shift 2; while [ $# -gt 0 ]; do mount --bind "$1" "$2" || exit 1; shift 2; done; exec "$sshd" -D -e -f "$config"';
+    const argv = ['netns', 'exec', host.ns, 'sh', '-c', bindThenSshd, 'sh', SSHD, config, ...host.mounts.flatMap((m) => [m.source, m.target])];
+    for (const m of host.mounts) mkdirSync(m.target, { recursive: true });
+    host.sshd = spawn('ip', argv, { stdio: ['ignore', 'ignore', 'pipe'] });
     host.sshd.stderr!.on('data', () => {});
   }
 

@@ -13,7 +13,7 @@ import { createInterface } from 'node:readline';
 import { gitState } from '../meta.js';
 import { isSecretKey } from '../secrets.js';
 import { packageRoot } from './local.js';
-import { decodeEvent, type StageSpec } from './protocol.js';
+import { decodeEvent, EXIT, type StageSpec, type WorkerEvent } from './protocol.js';
 import type { AgentStatus, FollowLine } from './remote-agent.js';
 import { rsync, sshRun, sshSpawn, closeMaster, type SshTarget } from './ssh.js';
 import type { Executor, HostProbe, StageExit, StageIO, StageProcess } from './types.js';
@@ -43,17 +43,36 @@ export class HostUnavailable extends Error {
   override name = 'HostUnavailable';
 }
 
-interface Attachment {
-  host: string;
+/** One worker's detached supervisor: where it runs and how much of its stream the orchestrator has read. */
+interface WorkerAttachment {
   target: SshTarget;
   remoteRunDir: string;
   offset: number;
+}
+
+/**
+ * What remote.json records: worker 0 (whose events are the stage's) at the top level, and the other workers of
+ * a multi-worker TPU slice, which run the same stage at the same time, in `others` (worker 1, 2, …).
+ */
+interface Attachment extends WorkerAttachment {
+  host: string;
+  others?: WorkerAttachment[];
 }
 
 const ATTACHMENT = 'remote.json';
 /** What a pull never overwrites or deletes locally: the orchestrator's own files. */
 const LOCAL_ONLY = ['/run.json', '/config.yaml', '/output.log', `/${ATTACHMENT}`, '/.worker/', '.tmp-*', '/git.diff', '/sync/', '/artifacts.json'];
 const STALL_MS = 8000;
+/** After one worker of a slice failed, how long the others get to stop gracefully before they are killed. */
+const SLICE_STOP_GRACE_MS = 60_000;
+
+/** A worker's end; `unreachable`: its host never answered again, so no last copy of its run directory is tried. */
+type WorkerExit = StageExit & { unreachable?: true };
+
+/** Worker 0, then the other workers of a multi-worker slice. */
+function workersOf(att: Attachment): WorkerAttachment[] {
+  return [att, ...(att.others ?? [])];
+}
 
 const key = (t: SshTarget) => `${t.user ?? ''}@${t.address}:${t.port}#${t.instance ?? ''}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -110,9 +129,9 @@ export class RemoteExecutor implements Executor {
       } catch (err) {
         return { code: null, signal: null, lost: `${this.host}: ${(err as Error).message}` };
       }
-      signalWorker = (force) => void sshRun(att.target, [this.settings.node, this.agentPath(att.target), 'signal', att.remoteRunDir, force ? 'KILL' : 'TERM']);
+      signalWorker = (force) => this.signalAll(att, force);
       if (stopRequest !== undefined) signalWorker(stopRequest);
-      return this.follow(att, join(this.local.runsDir, spec.runId), io);
+      return this.follow(att, join(this.local.runsDir, spec.runId), io, () => stopRequest !== undefined);
     })();
     return {
       exited,
@@ -133,9 +152,22 @@ export class RemoteExecutor implements Executor {
     if (att.host !== this.host) return undefined;
     const status = await this.status(att).catch(() => undefined);
     if (!status?.launched || (!status.exit && !status.supervisorAlive)) return undefined;
-    this.targetsUsed.add(att.target);
-    const signal = (force: boolean) => void sshRun(att.target, [this.settings.node, this.agentPath(att.target), 'signal', att.remoteRunDir, force ? 'KILL' : 'TERM']);
-    return (io) => ({ exited: this.follow(att, runDir, io), stop: (force = false) => signal(force) });
+    for (const w of workersOf(att)) this.targetsUsed.add(w.target);
+    let stopped = false;
+    return (io) => ({
+      exited: this.follow(att, runDir, io, () => stopped),
+      stop: (force = false) => {
+        stopped = true;
+        this.signalAll(att, force);
+      },
+    });
+  }
+
+  /** TERM (finish the step, checkpoint, exit) or KILL to the worker on every worker host of the attempt. */
+  private signalAll(att: Attachment, force: boolean, except?: WorkerAttachment): void {
+    for (const w of workersOf(att)) {
+      if (w !== except) void sshRun(w.target, [this.settings.node, this.agentPath(w.target), 'signal', w.remoteRunDir, force ? 'KILL' : 'TERM']);
+    }
   }
 
   private home(t: SshTarget): string {
@@ -231,10 +263,7 @@ export class RemoteExecutor implements Executor {
     return { own: spec.runId, others: [...others] };
   }
 
-  private async launch(spec: StageSpec, io: StageIO): Promise<Attachment> {
-    const targets = await this.access.targets();
-    const t = targets[0]!;
-    await this.ensureCode(targets, io);
+  private async pushRuns(t: SshTarget, spec: StageSpec): Promise<void> {
     const runs = this.runsToPush(spec);
     const pushRun = async (id: string, exact: boolean) => {
       // The run itself goes over exactly (a retry on the same host must not find newer checkpoints than the local store's).
@@ -245,17 +274,23 @@ export class RemoteExecutor implements Executor {
         delete: exact,
         push: true,
       });
-      if (r.code !== 0) throw new HostUnavailable(`cannot copy run ${id} to ${this.host}: ${r.stderr.trim()}`);
+      if (r.code !== 0) throw new HostUnavailable(`cannot copy run ${id} to ${this.host} (${t.address}): ${r.stderr.trim()}`);
     };
     for (const id of runs.others) await pushRun(id, false);
     await pushRun(runs.own, true);
+  }
+
+  /** Starts the detached worker of worker `index` (of `count`) on `t`. */
+  private async launchOn(t: SshTarget, index: number, count: number, spec: StageSpec): Promise<WorkerAttachment> {
     const remote: StageSpec = {
       ...mapPaths(spec, [
         [this.local.runsDir, this.runsDirOn(t)],
         [this.local.projectDir, this.projectDirOn(t)],
         [packageRoot(), this.codeDir(t)],
       ]),
-      env: { ...this.settings.env, ...secretEnv() },
+      // which worker of the slice this is: what a multi-host program (or its launcher) needs besides JAX's own
+      // discovery, which on a TPU VM reads the worker number and endpoints from the metadata server
+      env: { ...this.settings.env, ...secretEnv(), MINIDALLE_WORKER_INDEX: String(index), MINIDALLE_WORKER_COUNT: String(count) },
     };
     const remoteRunDir = `${this.runsDirOn(t)}/${spec.runId}`;
     const r = await sshRun(
@@ -263,12 +298,34 @@ export class RemoteExecutor implements Executor {
       [this.settings.node, this.agentPath(t), 'launch', remoteRunDir, `${this.codeDir(t)}/dist/src/cli.js`, this.projectDirOn(t)],
       { input: `${JSON.stringify(remote)}\n` },
     );
+    const who = count > 1 ? ` (worker ${index}, ${t.address})` : '';
     if (r.code !== 0) {
       if (r.code === 255) throw new HostUnavailable(`lost ssh to ${t.address} while starting the worker: ${r.stderr.trim()}`);
-      throw new Error(`the worker did not start on ${this.host}: ${r.stderr.trim() || `exit ${r.code}`}`);
+      throw new Error(`the worker did not start on ${this.host}${who}: ${r.stderr.trim() || `exit ${r.code}`}`);
     }
-    const att: Attachment = { host: this.host, target: t, remoteRunDir, offset: 0 };
+    return { target: t, remoteRunDir, offset: 0 };
+  }
+
+  /**
+   * Every worker of the host gets the code, the run directories and its own detached worker, all running the
+   * same stage at once (a multi-worker TPU slice: one program per worker host, as JAX multi-host training
+   * expects). When one cannot start, those already started are killed.
+   */
+  private async launch(spec: StageSpec, io: StageIO): Promise<Attachment> {
+    const targets = await this.access.targets();
+    await this.ensureCode(targets, io);
+    await Promise.all(targets.map((t) => this.pushRuns(t, spec)));
+    const started = await Promise.allSettled(targets.map((t, i) => this.launchOn(t, i, targets.length, spec)));
+    const failed = started.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    const workers = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
+    if (failed) {
+      for (const w of workers) void sshRun(w.target, [this.settings.node, this.agentPath(w.target), 'signal', w.remoteRunDir, 'KILL']);
+      throw failed.reason;
+    }
+    const [first, ...others] = workers;
+    const att: Attachment = { host: this.host, ...first!, ...(others.length > 0 ? { others } : {}) };
     this.saveAttachment(join(this.local.runsDir, spec.runId), att);
+    if (others.length > 0) io.onOutput(`${this.host}: the stage runs on ${workers.length} workers (${targets.map((t) => t.address).join(', ')})`, 'stderr');
     return att;
   }
 
@@ -281,7 +338,7 @@ export class RemoteExecutor implements Executor {
     renameSync(tmp, file);
   }
 
-  private async status(att: Attachment): Promise<AgentStatus | undefined> {
+  private async status(att: WorkerAttachment): Promise<AgentStatus | undefined> {
     if (!this.homes.has(key(att.target))) await this.connect(att.target);
     const r = await sshRun(att.target, [this.settings.node, this.agentPath(att.target), 'status', att.remoteRunDir], { timeoutMs: (att.target.connectTimeout + 20) * 1000 });
     if (r.code !== 0) return undefined;
@@ -294,43 +351,107 @@ export class RemoteExecutor implements Executor {
     return r.code === 0;
   }
 
-  /** Follows the worker's stream until it exits or its host is lost; re-attaches after dropped connections. */
-  private async follow(att: Attachment, runDir: string, io: StageIO): Promise<StageExit> {
+  /**
+   * Follows the attempt until it exits or its host is lost, copying worker 0's run directory back as it goes.
+   * On a multi-worker slice every worker is followed: worker 0's events are the stage's, every worker's lines go
+   * to the log prefixed with its index, and the first worker to fail or be lost stops the others and fails
+   * the attempt.
+   */
+  private async follow(att: Attachment, runDir: string, io: StageIO, stopRequested: () => boolean): Promise<StageExit> {
     let pulling: Promise<unknown> | undefined;
     const timer = setInterval(() => {
       pulling ??= this.pull(att, runDir).finally(() => (pulling = undefined));
     }, this.settings.syncInterval * 1000);
-    const finish = async (exit: StageExit): Promise<StageExit> => {
+    const save = () => this.saveAttachment(runDir, att);
+    let exit: WorkerExit;
+    try {
+      exit = att.others?.length ? await this.followSlice(att, io, save, stopRequested) : await this.followWorker(att, this.host, io, save);
+    } finally {
       clearInterval(timer);
-      await pulling;
-      const ok = await this.pull(att, runDir);
-      if (!ok && !exit.lost) io.onOutput(`warning: the last copy of ${att.remoteRunDir} from ${this.host} failed; the local store has the copy from before`, 'stderr');
-      return exit;
-    };
+    }
+    await pulling;
+    if (exit.unreachable) return { code: exit.code, signal: exit.signal, lost: exit.lost! }; // nothing to copy from: the last copy stays
+    const ok = await this.pull(att, runDir);
+    if (!ok && !exit.lost) io.onOutput(`warning: the last copy of ${att.remoteRunDir} from ${this.host} failed; the local store has the copy from before`, 'stderr');
+    return exit;
+  }
+
+  private async followSlice(att: Attachment, io: StageIO, save: () => void, stopRequested: () => boolean): Promise<WorkerExit> {
+    const workers = workersOf(att);
+    let result: WorkerEvent | undefined;
+    let first: { index: number; exit: WorkerExit; error?: { message: string; exitCode?: number } } | undefined;
+    let killer: NodeJS.Timeout | undefined;
+    const errors = new Map<number, { message: string; exitCode?: number }>();
+    const exits = await Promise.all(
+      workers.map(async (w, index) => {
+        const label = `${this.host} worker ${index} (${w.target.address})`;
+        const prefixed: StageIO = {
+          onEvent: (e) => {
+            if (e.type === 'error') errors.set(index, { message: e.message, ...(e.exitCode === undefined ? {} : { exitCode: e.exitCode }) });
+            if (index !== 0) {
+              if (e.type === 'error') io.onOutput(`[worker ${index}] error: ${e.message}`, 'stderr');
+              return; // the other workers' progress, meta and results are their own: the stage's are worker 0's
+            }
+            if (e.type === 'result') result = e; // held until every worker has ended
+            else io.onEvent(e);
+          },
+          onOutput: (line, stream) => io.onOutput(`[worker ${index}] ${line}`, stream),
+        };
+        const exit = await this.followWorker(w, label, prefixed, save);
+        const failed = exit.lost !== undefined || (exit.code !== EXIT.finished && !(stopRequested() && exit.code === EXIT.stopped));
+        if (failed && !first) {
+          first = { index, exit, ...(errors.has(index) ? { error: errors.get(index)! } : {}) };
+          if (!stopRequested()) {
+            const why = exit.lost ?? (exit.signal ? `signal ${exit.signal}` : `exit code ${exit.code}`);
+            io.onOutput(`${this.host}: worker ${index} (${w.target.address}) ended (${why}): stopping the other workers`, 'stderr');
+            this.signalAll(att, false, w);
+            // a program blocked in a collective with a dead peer may never see the TERM
+            killer = setTimeout(() => this.signalAll(att, true, w), SLICE_STOP_GRACE_MS);
+          }
+        }
+        return exit;
+      }),
+    );
+    clearTimeout(killer);
+    if (!first) {
+      if (result) io.onEvent(result);
+      return exits[0]!;
+    }
+    if (first.index === 0) {
+      if (result) io.onEvent(result);
+      return first.exit;
+    }
+    const address = workers[first.index]!.target.address;
+    if (first.exit.lost !== undefined) return { code: null, signal: null, lost: first.exit.lost }; // worker 0's host may answer: its last copy is taken
+    const why = first.error?.message ?? (first.exit.signal ? `killed by ${first.exit.signal}` : `exited with code ${first.exit.code}`);
+    io.onEvent({ type: 'error', message: `worker ${first.index} (${address}) failed: ${why}`, ...(first.error?.exitCode === undefined ? {} : { exitCode: first.error.exitCode }) });
+    return { code: first.exit.code, signal: first.exit.signal };
+  }
+
+  /** Follows one worker's stream until it exits or is lost; re-attaches after dropped connections. */
+  private async followWorker(w: WorkerAttachment, label: string, io: StageIO, save: () => void): Promise<WorkerExit> {
     for (;;) {
-      const r = await this.followOnce(att, runDir, io);
-      if (r.t === 'x') return finish({ code: r.code, signal: r.signal as NodeJS.Signals | null });
-      if (r.t === 'lost') return finish({ code: null, signal: null, lost: `${this.host}: ${r.why}` });
+      const r = await this.followOnce(w, io, save);
+      if (r.t === 'x') return { code: r.code, signal: r.signal as NodeJS.Signals | null };
+      if (r.t === 'lost') return { code: null, signal: null, lost: `${label}: ${r.why}` };
       // The connection dropped: keep trying to re-attach until the host is known gone or the timeout passes.
-      io.onOutput(`${this.host}: connection lost (${r.why}); re-attaching at byte ${att.offset}`, 'stderr');
+      io.onOutput(`${label}: connection lost (${r.why}); re-attaching at byte ${w.offset}`, 'stderr');
       const deadline = Date.now() + this.settings.reattachTimeout * 1000;
       let back = false;
       while (!back) {
         const gone = await this.access.whyLost?.().catch(() => undefined);
-        if (gone) return finish({ code: null, signal: null, lost: `${this.host}: ${gone}` });
-        const s = await this.status(att).catch(() => undefined);
+        if (gone) return { code: null, signal: null, lost: `${label}: ${gone}` };
+        const s = await this.status(w).catch(() => undefined);
         if (s?.launched && (s.exit || s.supervisorAlive)) back = true;
-        else if (s) return finish({ code: null, signal: null, lost: `${this.host}: the worker is gone (no exit recorded)` });
-        else if (Date.now() > deadline) {
-          clearInterval(timer);
-          return { code: null, signal: null, lost: `${this.host}: unreachable for ${this.settings.reattachTimeout} s` };
-        } else await sleep(1000);
+        else if (s) return { code: null, signal: null, lost: `${label}: the worker is gone (no exit recorded)` };
+        else if (Date.now() > deadline) return { code: null, signal: null, lost: `${label}: unreachable for ${this.settings.reattachTimeout} s`, unreachable: true };
+        else await sleep(1000);
       }
-      io.onOutput(`${this.host}: re-attached to the worker`, 'stderr');
+      io.onOutput(`${label}: re-attached to the worker`, 'stderr');
     }
   }
 
-  private followOnce(att: Attachment, runDir: string, io: StageIO): Promise<FollowLine & { t: 'x' | 'lost' } | { t: 'dropped'; why: string }> {
+  private followOnce(att: WorkerAttachment, io: StageIO, save: () => void): Promise<FollowLine & { t: 'x' | 'lost' } | { t: 'dropped'; why: string }> {
     return new Promise((resolve) => {
       const child = sshSpawn(att.target, [this.settings.node, this.agentPath(att.target), 'follow', att.remoteRunDir, String(att.offset)]);
       let end: (FollowLine & { t: 'x' | 'lost' }) | undefined;
@@ -354,7 +475,7 @@ export class RemoteExecutor implements Executor {
           const event = line.t === 'o' ? decodeEvent(line.l) : undefined;
           if (event) io.onEvent(event);
           else io.onOutput(line.l, line.t === 'o' ? 'stdout' : 'stderr');
-          this.saveAttachment(runDir, att);
+          save();
         } else if (line.t === 'x' || line.t === 'lost') end = line;
       });
       void child.then((r) => {
