@@ -3,16 +3,19 @@
  * script — on whichever host the stage is placed (this is how the TPU chips are used: tfjs has no TPU backend).
  *
  * The argument array comes from the config (never a shell string, so no value is ever re-parsed); `{out_dir}`,
- * `{run_dir}` and `{stage}` inside an argument are replaced by the run's paths. The program's output lines go
+ * `{run_dir}`, `{stage}` and `{minidalle_dir}` (this package's folder on the host running the stage, which
+ * holds tpu/dalle_mini_train.py) inside an argument are replaced. The program's output lines go
  * to the log; a line that is a JSON object with a numeric step (`{"step": 10, "train/loss": 1.2}`) becomes a
  * history line (the same from a metrics file it appends to); `{"checkpoint": "<dir>", "step": N}` copies that
  * directory into the run's checkpoints, so it comes back to the local store and a retry can resume from it:
- * the retry gets `resume_flag <checkpoint dir>` appended. Declared outputs are checked and returned as artifacts.
+ * the retry gets `resume_flag <checkpoint dir>` appended. With `"move": true` the program gives the directory
+ * away: it is moved (renamed) into the checkpoints instead of copied. Declared outputs are checked and returned as artifacts.
  */
 import { spawn } from 'node:child_process';
-import { cp, readFile, stat } from 'node:fs/promises';
+import { cp, readdir, readFile, rename, rm, rmdir, stat } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { definePlugin, type StageContext } from '../../src/core/plugins/types.js';
 
@@ -20,7 +23,7 @@ const Scalar = z.union([z.string(), z.number(), z.boolean()]);
 
 export const CommandConfig = z
   .object({
-    command: z.array(z.string()).min(1).describe('the program and its arguments, one array element per argument ({out_dir}, {run_dir}, {stage} are replaced)'),
+    command: z.array(z.string()).min(1).describe('the program and its arguments, one array element per argument ({out_dir}, {run_dir}, {stage}, {minidalle_dir} are replaced)'),
     params: z.record(z.string(), Scalar).default({}).describe('more arguments rendered from a mapping: --key=value (true → --key, false → left out)'),
     param_style: z.enum(['equals', 'space']).default('equals').describe("'--key=value' or '--key value'"),
     cwd: z.string().default('').describe('working directory (relative: to the project; default: the project directory)'),
@@ -34,8 +37,11 @@ export const CommandConfig = z
 
 type Config = z.output<typeof CommandConfig>;
 
+/** This package's folder: the plugin runs from plugins/command/ (sources) or dist/plugins/command/ (built). */
+const MINIDALLE_DIR = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '').replace(/\/dist$/, '');
+
 function render(arg: string, ctx: StageContext<Config>): string {
-  return arg.replaceAll('{out_dir}', ctx.outDir).replaceAll('{run_dir}', ctx.runDir).replaceAll('{stage}', ctx.stage);
+  return arg.replaceAll('{out_dir}', ctx.outDir).replaceAll('{run_dir}', ctx.runDir).replaceAll('{stage}', ctx.stage).replaceAll('{minidalle_dir}', MINIDALLE_DIR);
 }
 
 export function commandArgv(ctx: StageContext<Config>, resumeFrom?: string): string[] {
@@ -52,7 +58,7 @@ export function commandArgv(ctx: StageContext<Config>, resumeFrom?: string): str
 }
 
 /** What one output line of the program is: metrics at a step, a checkpoint announcement, or plain text. */
-function parseLine(line: string, stepKey: string): { metrics?: Record<string, number>; step?: number; checkpoint?: string } | undefined {
+function parseLine(line: string, stepKey: string): { metrics?: Record<string, number>; step?: number; checkpoint?: string; move?: boolean } | undefined {
   if (!line.startsWith('{')) return undefined;
   let v: unknown;
   try {
@@ -64,9 +70,23 @@ function parseLine(line: string, stepKey: string): { metrics?: Record<string, nu
   const o = v as Record<string, unknown>;
   const step = o[stepKey];
   if (typeof step !== 'number' || !Number.isSafeInteger(step) || step < 0) return undefined;
-  if (typeof o.checkpoint === 'string') return { step, checkpoint: o.checkpoint };
+  if (typeof o.checkpoint === 'string') return { step, checkpoint: o.checkpoint, move: o.move === true };
   const metrics = Object.fromEntries(Object.entries(o).filter(([k, x]) => k !== stepKey && !k.startsWith('_') && typeof x === 'number')) as Record<string, number>;
   return { step, metrics };
+}
+
+/** Moves the entries of `src` into `dir` (a rename each: no copy) and removes `src`; across file systems, copies. */
+async function moveInto(src: string, dir: string): Promise<void> {
+  for (const name of await readdir(src)) {
+    try {
+      await rename(join(src, name), join(dir, name));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+      await cp(join(src, name), join(dir, name), { recursive: true });
+      await rm(join(src, name), { recursive: true, force: true });
+    }
+  }
+  await rmdir(src);
 }
 
 export default definePlugin({
@@ -88,7 +108,7 @@ export default definePlugin({
         const src = isAbsolute(parsed.checkpoint) ? parsed.checkpoint : resolve(cwd, parsed.checkpoint);
         const step = parsed.step!;
         saving = saving.then(async () => {
-          await ctx.checkpoints.save(step, (dir) => cp(src, dir, { recursive: true }), { source: relative(ctx.runDir, src) });
+          await ctx.checkpoints.save(step, (dir) => (parsed.move ? moveInto(src, dir) : cp(src, dir, { recursive: true })), { source: relative(ctx.runDir, src) });
         });
       } else if (parsed?.metrics) {
         // After a resume the program may report steps up to its checkpoint again: the history keeps each once.
