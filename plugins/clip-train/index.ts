@@ -17,6 +17,7 @@ import { z } from 'zod';
 import { definePlugin } from '../../src/core/plugins/types.js';
 import { modelPath } from '../../src/core/refs.js';
 import { createShapesJudge, parseShapesCaption, scoreShapes } from '../../src/data/shapes-judge.js';
+import { SHAPES } from '../../src/data/shapes.js';
 import { describeCompute, initCompute, tf } from '../../src/ml/backend.js';
 import { cosine, embedImages, embedTexts, type ClipScorer } from '../../src/ml/clip-rank.js';
 import { Clip, CLIP_MEAN, CLIP_STD, clipConfigToHf, clipTextBatch, loadClip, readClipConfig, resolveClipConfig, saveClip, type ClipConfig } from '../../src/ml/models/clip.js';
@@ -102,6 +103,26 @@ export function retrievalTop1(textEmb: Float32Array, imageEmb: Float32Array, n: 
     i2t.push(best);
   }
   return { t2i, i2t };
+}
+
+/**
+ * Does CLIP read the shape itself? Each image against its caption with the shape word swapped for every shape:
+ * the share whose own shape scores best. Held-out pairs need this: there colour alone names the shape, so
+ * retrieval among held-out images cannot tell reading the shape from reading the colour.
+ */
+export function shapeSwapAccuracy(scorer: ClipScorer, captions: readonly string[], imageEmb: Float32Array, d: number): number | null {
+  let right = 0;
+  let asked = 0;
+  captions.forEach((caption, i) => {
+    const shape = parseShapesCaption(caption).shape;
+    if (!shape) return;
+    const word = new RegExp(`\\b${shape}\\b`);
+    const swapped = embedTexts(scorer, SHAPES.map((s) => caption.replace(word, s)));
+    const scores = SHAPES.map((_, k) => cosine(swapped, k, imageEmb, i, d));
+    asked++;
+    if (SHAPES[scores.indexOf(Math.max(...scores))] === shape) right++;
+  });
+  return asked > 0 ? right / asked : null;
 }
 
 /** (N, side, side, 3) [-1, 1] floats of a set → one byte RGB image each (for the pixel judge). */
@@ -234,7 +255,7 @@ export default definePlugin({
         steps: c.steps,
         cadence: c,
         primary: { name: judge ? 'eval/retrieval/t2i_top1_attrs' : 'eval/retrieval/t2i_top1', goal: 'maximize' },
-        metrics: { 'train/loss': 'minimize', 'eval/loss': 'minimize', 'eval/retrieval/t2i_top1': 'maximize', 'eval/retrieval/i2t_top1': 'maximize' },
+        metrics: { 'train/loss': 'minimize', 'eval/loss': 'minimize', 'eval/retrieval/t2i_top1': 'maximize', 'eval/retrieval/i2t_top1': 'maximize', 'eval/shape_swap_acc': 'maximize' },
         step(log) {
           const idx = order.next(c.batch_size);
           let norms: Record<string, number> = {};
@@ -293,6 +314,8 @@ export default definePlugin({
             const score = scoreShapes(t2i.map((best) => judge.judge(toBytes(heldout, best))), heldout.captions.map(parseShapesCaption));
             if (score.all_correct !== null) out['eval/retrieval/t2i_top1_attrs'] = score.all_correct;
             for (const [k, v] of Object.entries(score.attr_acc)) if (v !== null) out[`eval/retrieval/t2i_attr_acc/${k}`] = v;
+            const swap = shapeSwapAccuracy(scorer, heldout.captions, imageEmb, d);
+            if (swap !== null) out['eval/shape_swap_acc'] = swap;
           }
           return out;
         },

@@ -7,13 +7,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import clipPlugin, { ClipTrainConfig, retrievalTop1 } from '../../plugins/clip-train/index.js';
+import clipPlugin, { ClipTrainConfig, retrievalTop1, shapeSwapAccuracy } from '../../plugins/clip-train/index.js';
 import { checkPluginShape } from '../../src/core/plugins/registry.js';
 import type { StageOutputs } from '../../src/core/plugins/types.js';
 import { RunStore } from '../../src/core/runs/index.js';
-import { DEFAULT_HELDOUT_COMBOS, generateShapes } from '../../src/data/shapes.js';
+import { DEFAULT_HELDOUT_COMBOS, generateShapes, SHAPES } from '../../src/data/shapes.js';
 import { initCompute } from '../../src/ml/backend.js';
-import { clipScores, loadClipScorer, rankByScore } from '../../src/ml/clip-rank.js';
+import { clipScores, embedImages, loadClipScorer, rankByScore } from '../../src/ml/clip-rank.js';
 import { loadClip } from '../../src/ml/models/clip.js';
 import { saveVqgan, Vqgan } from '../../src/ml/models/vqgan.js';
 import { saveTokenizer, trainByteLevelBpe } from '../../src/ml/tokenizers/index.js';
@@ -78,6 +78,7 @@ describe('clip-train', () => {
     expect(last['eval/retrieval/t2i_top1_attrs']).toBeGreaterThanOrEqual(last['eval/retrieval/t2i_top1']);
     expect(last['eval/retrieval/t2i_attr_acc/colour']).toBeGreaterThan(3 / 8); // 8 colours
     expect(last['eval/loss']).toBeLessThan(Math.log(48));
+    expect(last['eval/shape_swap_acc']).toBeGreaterThanOrEqual(0); // logged; this tiny model does not compose shape with an unseen colour
 
     // the exported scorer: each held-out image scores its own caption above the mean of the others
     const scorer = await loadClipScorer(dir);
@@ -90,6 +91,18 @@ describe('clip-train', () => {
       if (rankByScore(scores)[0] === k) wins++;
     }
     expect(wins).toBeGreaterThanOrEqual(3); // chance: 1 in 8
+    // shape swap: each image against its caption with the shape word swapped for each of the 8, as clipScores ranks them
+    const n = 24;
+    const heldEmb = embedImages(scorer, Array.from({ length: n }, (_, k) => Float32Array.from(held.pixels.subarray(k * per, (k + 1) * per), (v) => (v + 1) / 2)), 32);
+    let own = 0;
+    for (let k = 0; k < n; k++) {
+      const caption = held.captions[k]!;
+      const shape = SHAPES.find((s) => caption.includes(s))!;
+      const img = Float32Array.from(held.pixels.subarray(k * per, (k + 1) * per), (v) => (v + 1) / 2);
+      const scores = clipScores(scorer, SHAPES.map((s) => caption.replace(shape, s)), SHAPES.map(() => img), 32);
+      if (SHAPES[rankByScore(scores)[0]!] === shape) own++;
+    }
+    expect(shapeSwapAccuracy(scorer, held.captions.slice(0, n), heldEmb, MODEL.projection_dim)).toBeCloseTo(own / n, 9);
     scorer.clip.dispose();
   });
 
