@@ -1156,6 +1156,20 @@ static void epilogue_part(void* arg, int part, int parts) {
   }
 }
 
+/* A decoding step's few rows against a wide weight: each part takes a slice of the weight's columns, so
+ * the weight is read (and packed by sgemm) once in all, where sgemm_part's row split would have every part
+ * read all of it (16 rows, e.g. 8 prompts with super-conditioning, took 3.8× the time of 8). */
+static void linear_part(void* arg, int part, int parts) {
+  const GemmJob* j = arg;
+  if (j->m >= 64 * (int64_t)parts) {
+    sgemm_part(arg, part, parts);
+    return;
+  }
+  int64_t c0, c1;
+  part_range(j->n, part, parts, 16, &c0, &c1);
+  if (c1 > c0) gemm_block(j, 0, 0, j->m, c0, c1);
+}
+
 /* linear(heap, xOff, wOff, bOff, yOff, rows, in, out, act): y[rows, out] = act(x[rows, in] · W[in, out] + b),
  * bOff −1 = no bias; act: none 0, exact GELU 1, tanh GELU 2, ReLU 3, swish 4. */
 static napi_value linear_act(napi_env env, napi_callback_info info) {
@@ -1168,7 +1182,7 @@ static napi_value linear_act(napi_env env, napi_callback_info info) {
   if (!inside(v[0], rows * in, floats) || !inside(v[1], in * out, floats) || (v[2] != -1 && !inside(v[2], out, floats)) || !inside(v[3], rows * out, floats))
     return fail(env, "linear", "a tensor lies outside the heap");
   GemmJob job = {false, false, rows, out, in, 1, 0, 0, heap + v[0], heap + v[1], heap + v[3]};
-  run_parallel(sgemm_part, &job, rows * out * in);
+  run_parallel(linear_part, &job, rows * out * in);
   if (v[2] != -1 || act != ACT_NONE) {
     EpilogueJob e = {heap + v[3], v[2] != -1 ? heap + v[2] : NULL, rows, out, (int)act};
     run_parallel(epilogue_part, &e, rows * out * (act == ACT_NONE ? 1 : 16));
