@@ -7,12 +7,16 @@
  *     speed-up is the median ratio of paired repetitions (no cache, then cache);
  *   - tokens/s at batch 1 and batch 8 (256 codes);
  *   - super-conditioning (condScale 10 with the empty caption: 2B rows a step) vs plain sampling;
- *   - each cached row alternating (ABAB) with bench/peer/generate.py, the same model in PyTorch with a KV cache.
+ *   - each cached row alternating (ABAB) with bench/peer/generate.py, the same model in PyTorch with a KV cache;
+ *   - with the native kernels: the fused decoding step (kernels/decode.ts) vs the plain tf-op step, paired, at 64
+ *     codes batch 1 and 256 codes batch 8 with super-conditioning (the same greedy codes are checked), so the
+ *     gain is measured under the same machine load as the rest.
  * A repetition is one whole `generateCodes` call (encoder, cross K/V, every step, host-side picking).
  */
 import { tf } from '../src/ml/backend.js';
 import { DalleBart, type DalleBartConfig } from '../src/ml/models/dallebart.js';
 import { generateCodes, generateCodesNoCache, type GenerateRequest, type TextBatch } from '../src/ml/sampling/index.js';
+import { nativeFusionActive } from '../src/ml/kernels/ops.js';
 import { BART_REFERENCE } from './models.js';
 import { interleave, spread } from './peer.js';
 import type { Ctx, Row } from './run.js';
@@ -81,6 +85,25 @@ export class GenerateBenchError extends Error {
   }
 }
 
+/** Paired repetitions of the same request on the plain tf-op decoding step and on the fused one. */
+function fusedVsPlain(model: DalleBart, req: GenerateRequest, what: string, backend: string, ctx: Ctx): Row {
+  const plainReq = { ...req, fused: false };
+  const fused = generateCodes(model, req);
+  const plain = generateCodes(model, plainReq); // also the plain path's warm-up
+  const reps = Math.min(ctx.reps, model.config.image_length > 64 ? 2 : 3);
+  const plainTimes: number[] = [];
+  const ratios: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const p = timed(() => generateCodes(model, plainReq)).ms;
+    plainTimes.push(p);
+    ratios.push(p / timed(() => generateCodes(model, req)).ms);
+  }
+  const t = spread(plainTimes);
+  const gain = spread(ratios);
+  const codes = model.config.image_length * req.text.batch;
+  return { section: 'generate', name: `${what}, KV cache on the plain tf-op step (before the fused kernels)`, backend, ms: t.ms, spread: t, extra: { tokensPerS: +(codes / (t.ms / 1000)).toFixed(1), fusedSpeedup: +gain.ms.toFixed(2), fusedSpeedupMin: +gain.min.toFixed(2), fusedSpeedupMax: +gain.max.toFixed(2), identicalToFused: same(fused, plain) } };
+}
+
 export async function benchGenerate(backend: string, ctx: Ctx): Promise<Row[]> {
   const rows: Row[] = [];
   const tokS = (codes: number, batch: number, ms: number): number => +((codes * batch) / (ms / 1000)).toFixed(1);
@@ -127,6 +150,7 @@ export async function benchGenerate(backend: string, ctx: Ctx): Promise<Row[]> {
         rows.push({ section: 'generate', name: `${codes} codes, batch ${batch}, ${what}`, backend, ms: r.ours.ms, spread: r.ours, ...(r.peer ? { peer: r.peer } : {}), ...(r.peerNote ? { peerNote: r.peerNote } : {}), extra });
       }
     }
+    if (nativeFusionActive()) rows.push(fusedVsPlain(model, codes === 64 ? req1 : request(model.config, 8, 10), codes === 64 ? '64 codes, batch 1' : '256 codes, batch 8, super-conditioning', backend, ctx));
     const own = model.params.names().length;
     model.dispose();
     const leaked = tf.memory().numTensors - (before - own);

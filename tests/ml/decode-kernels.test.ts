@@ -11,6 +11,7 @@ import { bosTokenId, DalleBart, type DalleBartConfig, decoderPositions, decoderV
 import * as nn from '../../src/ml/nn.js';
 import { Params } from '../../src/ml/params.js';
 import { Rng } from '../../src/ml/rng.js';
+import { generateCodes } from '../../src/ml/sampling/index.js';
 import { randn, TINY } from './helpers.js';
 
 const TOL = 1e-5;
@@ -202,6 +203,18 @@ const CONFIGS: [string, Partial<DalleBartConfig>][] = [
     disposeDecodeState(plain);
     expect(tf.memory().numTensors).toBe(before);
     tf.dispose([ids, mask, enc]);
+    m.dispose();
+  });
+
+  it('generateCodes draws the same codes on the fused and the plain step (greedy, sampled, super-conditioned)', () => {
+    const m = DalleBart.create({ ...TINY, image_length: 12, init_std: 0.5 }, 3);
+    const text = { ids: Int32Array.from([0, 5, 9, 13, 2, 1, 1, 1, 0, 7, 7, 21, 30, 2, 1, 1]), mask: Int32Array.from([1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0]), batch: 2, length: 8 };
+    const uncond = { ids: Int32Array.from([0, 2, 1, 1, 1, 1, 1, 1]), mask: Int32Array.from([1, 1, 0, 0, 0, 0, 0, 0]), batch: 1, length: 8 };
+    for (const sampling of [{ greedy: true }, { temperature: 1.3, topK: 10 }, { topP: 0.9, condScale: 3 }]) {
+      const req = { text, uncond, seeds: [4, 5], sampling };
+      const codes = (fused: boolean): number[][] => generateCodes(m, { ...req, fused }).map((c) => Array.from(c));
+      expect(codes(true), JSON.stringify(sampling)).toEqual(codes(false));
+    }
     m.dispose();
   });
 

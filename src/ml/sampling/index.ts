@@ -54,6 +54,8 @@ export interface GenerateRequest {
   sampling: SamplingOptions;
   /** called after each generated position (for progress) */
   onStep?: (done: number, total: number) => void;
+  /** decode on the fused kernels (DalleBart.startDecoding's option); default: when the native kernels are active */
+  fused?: boolean;
 }
 
 function checkOptions(o: SamplingOptions): Required<SamplingOptions> {
@@ -200,7 +202,7 @@ export function generateCodes(model: DalleBart, req: GenerateRequest): Int32Arra
 
   const { ids, mask, rows } = modelInputs(req, superCond);
   const enc = model.encode(ids, mask);
-  let state = model.startDecoding(enc, mask);
+  let state = model.startDecoding(enc, mask, req.fused === undefined ? {} : { fused: req.fused });
   tf.dispose([ids, enc, mask]);
   let prev = new Int32Array(rows).fill(bosTokenId(c));
   try {
