@@ -161,6 +161,11 @@ export class TestNetwork {
     throw new Error(`sshd on ${host.address} never answered`);
   }
 
+  /** This machine's end of the host's veth pair: where the host reaches a server the test runs here. */
+  outerAddress(host: TestHost): string {
+    return `10.${this.subnet}.${this.hosts.indexOf(host) + 1}.1`;
+  }
+
   sshArgs(): string[] {
     return ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', '-i', this.key];
   }

@@ -33,6 +33,13 @@ const remote = {
   sync_interval: z.number().positive().default(10).describe('seconds between copies of a running stage\'s run directory to the local store'),
   connect_timeout: z.number().int().positive().default(10).describe('ssh ConnectTimeout (seconds)'),
   reattach_timeout: z.number().positive().default(120).describe('seconds to keep trying to re-attach to a running stage before the attempt counts as lost'),
+  bucket: z
+    .string()
+    .regex(/^gs:\/\/[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](\/[^\s]*)?$/, 'expected a Cloud Storage path: gs://bucket or gs://bucket/prefix')
+    .transform((s) => s.replace(/\/+$/, ''))
+    .optional()
+    .describe("a Cloud Storage path the host writes each running stage's run directory to (gcloud storage rsync, on the host); a retry on any host resumes from the newest checkpoint there"),
+  bucket_interval: z.number().positive().default(30).describe("seconds between uploads of a running stage's run directory to the bucket"),
 };
 
 export const LocalHostSchema = z.object({ kind: z.literal('local'), ...common }).strict();
@@ -56,7 +63,7 @@ export const TpuVmHostSchema = z
     spot: z.boolean().default(false),
     preemptible: z.boolean().default(false),
     queued_resources: z.boolean().default(false).describe('create through a queued resource (waits for capacity) instead of nodes create'),
-    workers: z.union([z.literal('all'), z.array(z.number().int().min(0)).min(1)]).default('all').describe('workers of the slice that get the code and setup'),
+    workers: z.union([z.literal('all'), z.array(z.number().int().min(0)).min(1)]).default('all').describe('workers of the slice that run each stage (all at once, each with the code and setup; worker 0 reports)'),
     recreate_on_preemption: z.boolean().default(false).describe('delete and recreate a PREEMPTED node before retrying on it'),
     create: z.boolean().default(true).describe('create the node when it does not exist'),
     external_ip: z.boolean().default(true).describe("connect to the workers' external IPs (false: internal IPs, from inside the VPC)"),

@@ -7,7 +7,16 @@ import { TpuVmAccess } from './tpu.js';
 import type { Executor, HostProbe } from './types.js';
 
 function remoteSettings(h: SshHostConfig | TpuVmHostConfig): RemoteSettings {
-  return { workDir: h.work_dir, env: h.env, node: h.node, setup: h.setup, syncInterval: h.sync_interval, reattachTimeout: h.reattach_timeout };
+  return {
+    workDir: h.work_dir,
+    env: h.env,
+    node: h.node,
+    setup: h.setup,
+    syncInterval: h.sync_interval,
+    reattachTimeout: h.reattach_timeout,
+    ...(h.bucket ? { bucket: h.bucket } : {}),
+    bucketInterval: h.bucket_interval,
+  };
 }
 
 export function sshTarget(h: SshHostConfig, projectDir: string): SshTarget {

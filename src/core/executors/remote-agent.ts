@@ -2,8 +2,11 @@
  * The orchestrator's helper on a remote host, run as `node dist/src/core/executors/remote-agent.js <command>`
  * over ssh. It keeps a stage's worker alive independently of any ssh connection:
  *
- *   launch <runDir> <cli> <cwd>   reads one line ({spec, env}) from stdin, starts a supervisor in its own
- *                                 session (setsid; SIGHUP ignored) and prints the pids
+ *   launch <runDir> <cli> <cwd> [<gs://…> <seconds>]
+ *                                 reads one line ({spec, env}) from stdin, starts a supervisor in its own
+ *                                 session (setsid; SIGHUP ignored) and prints the pids; with a bucket URL the
+ *                                 supervisor also writes the run directory there every <seconds> s and once
+ *                                 more after the worker ends (`gcloud storage rsync`, before exit.json)
  *   follow <runDir> <offset>      prints <runDir>/.worker/stream.jsonl from byte <offset> as it grows, a
  *                                 heartbeat every 2 s, and a last line with the exit (or "lost")
  *   status <runDir>               one JSON line: launched, alive, exit, stream size
@@ -94,7 +97,7 @@ async function firstLine(): Promise<string> {
   });
 }
 
-async function launch(runDir: string, cli: string, cwd: string): Promise<number> {
+async function launch(runDir: string, cli: string, cwd: string, upload: string[]): Promise<number> {
   const f = files(runDir);
   const before = status(runDir);
   if (before.launched && (before.supervisorAlive || before.workerAlive)) {
@@ -107,7 +110,7 @@ async function launch(runDir: string, cli: string, cwd: string): Promise<number>
   const self = fileURLToPath(import.meta.url);
   // detached = setsid(): the supervisor leads its own session, so the end of this ssh session (SIGHUP to the
   // session, closed pipes) does not reach it or the worker.
-  const sup = spawn(process.execPath, [self, 'supervise', runDir, cli, cwd], { detached: true, stdio: ['pipe', 'ignore', 'ignore'], cwd });
+  const sup = spawn(process.execPath, [self, 'supervise', runDir, cli, cwd, ...upload], { detached: true, stdio: ['pipe', 'ignore', 'ignore'], cwd });
   sup.stdin.end(`${line}\n`);
   sup.unref();
   for (let t = 0; t < 10_000; t += 20) {
@@ -122,7 +125,54 @@ async function launch(runDir: string, cli: string, cwd: string): Promise<number>
   return 1;
 }
 
-async function supervise(runDir: string, cli: string, cwd: string): Promise<number> {
+/**
+ * What the bucket upload leaves out: the agent's own files and the store's half-written `.tmp-` dirs. gcloud
+ * takes one --exclude (a repeated flag replaces it; the value is a list split at commas, and one starting with
+ * `^X^` changes that delimiter, so no comma and no leading `^`) and re.match()es it against the path relative
+ * to the run directory: anchored at its start.
+ */
+const BUCKET_EXCLUDE = [String.raw`\.worker/`, String.raw`\.tmp-`, String.raw`.*/\.tmp-`, String.raw`\.rsync-partial/`, String.raw`.*/\.rsync-partial/`].join('|');
+
+/**
+ * `gcloud storage rsync` of the run directory to `url`, one at a time, every `seconds`; `final()` waits for the
+ * one in flight and runs the last. Failures are said once each (in the stream, as the worker's stderr), never
+ * fatal: the stage goes on and its run directory still comes back to the orchestrator.
+ */
+function bucketUploads(runDir: string, url: string, seconds: number, env: Record<string, string>, say: (line: string) => void) {
+  let running: Promise<void> | undefined;
+  let lastProblem = '';
+  const once = (): Promise<void> =>
+    (running ??= new Promise<void>((res) => {
+      const p = spawn('gcloud', ['storage', 'rsync', '--recursive', `--exclude=${BUCKET_EXCLUDE}`, runDir, url], {
+        env: { ...process.env, ...env, CLOUDSDK_CORE_DISABLE_PROMPTS: '1' },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let stderr = '';
+      p.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+      const done = (problem: string) => {
+        if (problem && problem !== lastProblem) say(`bucket: the upload to ${url} failed: ${problem}`);
+        lastProblem = problem;
+        running = undefined;
+        res();
+      };
+      p.once('error', (err) => done(`cannot run gcloud: ${err.message}`));
+      p.once('close', (code) => {
+        if (code === 0) return done('');
+        const lines = stderr.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('ERROR'));
+        done(lines.at(-1) ?? `gcloud exited with ${code}`);
+      });
+    }));
+  const timer = setInterval(() => void once(), seconds * 1000);
+  return {
+    async final(): Promise<void> {
+      clearInterval(timer);
+      await running;
+      await once();
+    },
+  };
+}
+
+async function supervise(runDir: string, cli: string, cwd: string, bucketUrl?: string, seconds?: string): Promise<number> {
   process.on('SIGHUP', () => {});
   const f = files(runDir);
   const line = await firstLine();
@@ -132,11 +182,15 @@ async function supervise(runDir: string, cli: string, cwd: string): Promise<numb
   worker.stdin.write(`${line}\n`); // kept open: its end would tell the worker that nobody supervises it
   writeAtomic(f.pids, `${JSON.stringify({ supervisor: process.pid, worker: worker.pid, started_at: new Date().toISOString() })}\n`);
   const record = (t: 'o' | 'e') => (l: string) => writeSync(out, `${JSON.stringify({ t, l } satisfies StreamLine)}\n`);
+  // gcloud gets the worker's environment (the host's env and the orchestrator's credentials, from stdin only)
+  const env = bucketUrl ? ((JSON.parse(line) as { env?: Record<string, string> }).env ?? {}) : {};
+  const uploads = bucketUrl ? bucketUploads(runDir, bucketUrl, Number(seconds ?? 30), env, record('e')) : undefined;
   const outDone = new Promise<void>((res) => createInterface({ input: worker.stdout }).on('line', record('o')).once('close', res));
   const errDone = new Promise<void>((res) => createInterface({ input: worker.stderr }).on('line', record('e')).once('close', res));
   process.on('SIGTERM', () => worker.kill('SIGTERM'));
   const exit = await new Promise<{ code: number | null; signal: string | null }>((res) => worker.once('exit', (code, signal) => res({ code, signal })));
   await Promise.all([outDone, errDone]);
+  await uploads?.final(); // before exit.json: once the attempt has ended, the bucket has all of it
   closeSync(out);
   writeAtomic(f.exit, `${JSON.stringify({ ...exit, at: new Date().toISOString() })}\n`);
   return 0;
@@ -202,10 +256,10 @@ function signalWorker(runDir: string, sig: string): number {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const [cmd, runDir, a, b] = argv;
+  const [cmd, runDir, a, b, ...upload] = argv;
   if (!runDir) throw new Error('usage: remote-agent launch|supervise|follow|status|signal <runDir> …');
-  if (cmd === 'launch') return launch(runDir, a!, b!);
-  if (cmd === 'supervise') return supervise(runDir, a!, b!);
+  if (cmd === 'launch') return launch(runDir, a!, b!, upload);
+  if (cmd === 'supervise') return supervise(runDir, a!, b!, upload[0], upload[1]);
   if (cmd === 'follow') return follow(runDir, Number(a ?? 0));
   if (cmd === 'status') {
     process.stdout.write(`${JSON.stringify(status(runDir))}\n`);

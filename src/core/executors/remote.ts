@@ -13,6 +13,7 @@ import { createInterface } from 'node:readline';
 import { gitState } from '../meta.js';
 import { isSecretKey } from '../secrets.js';
 import { packageRoot } from './local.js';
+import { bucketRunUrl, restoreFromBucket } from './bucket.js';
 import { decodeEvent, EXIT, type StageSpec, type WorkerEvent } from './protocol.js';
 import type { AgentStatus, FollowLine } from './remote-agent.js';
 import { rsync, sshRun, sshSpawn, closeMaster, type SshTarget } from './ssh.js';
@@ -27,6 +28,10 @@ export interface RemoteSettings {
   /** Seconds. */
   syncInterval: number;
   reattachTimeout: number;
+  /** `gs://bucket/prefix` the host writes running stages' run directories to (bucket.ts). */
+  bucket?: string;
+  /** Seconds between those uploads. */
+  bucketInterval: number;
 }
 
 /** How to reach a host: plain ssh has one fixed target; a TPU VM is looked up (and created) through gcloud. */
@@ -293,9 +298,11 @@ export class RemoteExecutor implements Executor {
       env: { ...this.settings.env, ...secretEnv(), MINIDALLE_WORKER_INDEX: String(index), MINIDALLE_WORKER_COUNT: String(count) },
     };
     const remoteRunDir = `${this.runsDirOn(t)}/${spec.runId}`;
+    // worker 0 writes the run directory to the bucket as it runs (the others' are not the stage's)
+    const upload = this.settings.bucket && index === 0 ? [bucketRunUrl(this.settings.bucket, spec.runId), String(this.settings.bucketInterval)] : [];
     const r = await sshRun(
       t,
-      [this.settings.node, this.agentPath(t), 'launch', remoteRunDir, `${this.codeDir(t)}/dist/src/cli.js`, this.projectDirOn(t)],
+      [this.settings.node, this.agentPath(t), 'launch', remoteRunDir, `${this.codeDir(t)}/dist/src/cli.js`, this.projectDirOn(t), ...upload],
       { input: `${JSON.stringify(remote)}\n` },
     );
     const who = count > 1 ? ` (worker ${index}, ${t.address})` : '';
@@ -314,6 +321,7 @@ export class RemoteExecutor implements Executor {
   private async launch(spec: StageSpec, io: StageIO): Promise<Attachment> {
     const targets = await this.access.targets();
     await this.ensureCode(targets, io);
+    if (this.settings.bucket) await this.restore(spec, io);
     await Promise.all(targets.map((t) => this.pushRuns(t, spec)));
     const started = await Promise.allSettled(targets.map((t, i) => this.launchOn(t, i, targets.length, spec)));
     const failed = started.find((s): s is PromiseRejectedResult => s.status === 'rejected');
@@ -327,6 +335,18 @@ export class RemoteExecutor implements Executor {
     this.saveAttachment(join(this.local.runsDir, spec.runId), att);
     if (others.length > 0) io.onOutput(`${this.host}: the stage runs on ${workers.length} workers (${targets.map((t) => t.address).join(', ')})`, 'stderr');
     return att;
+  }
+
+  /** A newer checkpoint in the bucket than in the local store (a lost host wrote it) comes into the local run first. */
+  private async restore(spec: StageSpec, io: StageIO): Promise<void> {
+    const bucket = this.settings.bucket!;
+    const say = (m: string) => io.onOutput(`${this.host}: ${m}`, 'stderr');
+    try {
+      const got = await restoreFromBucket(bucket, spec.runId, join(this.local.runsDir, spec.runId), (m) => say(`warning: ${bucket}: ${m}`));
+      if (got) say(`resuming from the bucket's checkpoint step ${got.step} (${bucketRunUrl(bucket, spec.runId)}; the local store had ${got.local === undefined ? 'none' : `step ${got.local}`})`);
+    } catch (err) {
+      say(`warning: cannot read the bucket (${(err as Error).message}); the attempt starts from the local store's checkpoints`);
+    }
   }
 
   private saveAttachment(runDir: string, att: Attachment): void {
