@@ -157,6 +157,7 @@ beforeAll(async () => {
 const CONFIGS: [string, Partial<DalleBartConfig>][] = [
   ['dallebart, post-LN, biases, tanh GELU (the bench model)', { ...TINY, use_bias: true, use_glu: false, activation_function: 'gelu_new', ln_positions: 'postln' }],
   ['dallebart, pre-LN, GLU, no biases, final norms (the shapes model)', { ...TINY, use_bias: false, use_glu: true, ln_positions: 'preln', use_final_ln_encoder: true, use_final_ln_decoder: true }],
+  ['dallebart, pre-LN, biases, no final norm', { ...TINY, use_bias: true, use_glu: false, ln_positions: 'preln', activation_function: 'relu' }],
   ['dallebart, scaled embeddings, swish', { ...TINY, scale_embedding: true, activation_function: 'swish' }],
   ['bart (tied head)', { ...TINY, model_type: 'bart', use_glu: false, use_bias: true }],
 ];

@@ -35,7 +35,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { z } from 'zod';
 import { convertHint, convertProblem } from '../checkpoints/hint.js';
 import { BartConfigSchema, readHfConfig, writeHfConfig, type BartConfig } from '../hf-config.js';
-import { cachedCrossAttention, cachedSelfAttention, emptyKvCache, fusedAddLayerNorm, fusedLinear } from '../kernels/decode.js';
+import { cachedCrossAttention, cachedSelfAttention, emptyKvCache, fusedAddLayerNorm, fusedAddLayerNormKeepSum, fusedLinear } from '../kernels/decode.js';
 import { nativeFusionActive } from '../kernels/ops.js';
 import {
   attention,
@@ -407,11 +407,21 @@ interface FusedDecoding {
 }
 
 /**
- * `decoderLayer` for one new position per row on the fused kernels (kernels/decode.ts): rows (B, C) → (B, C),
- * writing the position's keys/values into `fused.cache[i]`. The same computation as `decoderLayer` with a
- * self cache and cross K/V, in ~11 ops instead of ~120.
+ * The residual stream of a fused step, (B, C) rows: `h`, plus `pending`, the last pre-LN sub-layer's output
+ * not yet added. Pre-LN adds it inside the next norm's kernel (which returns the sum as well), so x + body(LN(x))
+ * costs no op of its own; post-LN never leaves anything pending.
  */
-function decoderLayerStep(p: Params, c: DalleBartConfig, i: number, x: tf.Tensor2D, crossKv: KVCache, fused: FusedDecoding, position: number): tf.Tensor2D {
+interface ResidualRows {
+  h: tf.Tensor2D;
+  pending?: tf.Tensor2D;
+}
+
+/**
+ * `decoderLayer` for one new position per row on the fused kernels (kernels/decode.ts), writing the position's
+ * keys/values into `fused.cache[i]`. The same computation as `decoderLayer` with a self cache and cross K/V,
+ * in ~11 ops instead of ~120.
+ */
+function decoderLayerStep(p: Params, c: DalleBartConfig, i: number, x: ResidualRows, crossKv: KVCache, fused: FusedDecoding, position: number): ResidualRows {
   const l = `${DEC}.layers.${i}`;
   const nh = c.decoder_attention_heads;
   const opt = (name: string): tf.Tensor1D | undefined => (p.has(name) ? (p.get(name) as tf.Tensor1D) : undefined);
@@ -423,14 +433,16 @@ function decoderLayerStep(p: Params, c: DalleBartConfig, i: number, x: tf.Tensor
     if (!c.use_glu) return lin(`${l}.fc2`, lin(`${l}.fc1`, y, c.activation_function));
     return lin(`${l}.fc2`, tf.mul(lin(`${l}.fc0`, y, c.activation_function), lin(`${l}.fc1`, y)) as tf.Tensor2D);
   };
-  // postln: LN(x + body(x)), the add inside the norm's kernel; preln: x + body(LN(x))
-  const sub = (norm: string, h: tf.Tensor2D, body: (y: tf.Tensor2D) => tf.Tensor2D): tf.Tensor2D => {
-    if (c.ln_positions === 'preln') return tf.add(h, body(fusedAddLayerNorm(h, undefined, opt(`${norm}.weight`), opt(`${norm}.bias`)))) as tf.Tensor2D;
-    return fusedAddLayerNorm(h, body(h), opt(`${norm}.weight`), opt(`${norm}.bias`));
+  // postln: LN(x + body(x)), the add inside the norm's kernel; preln: x + body(LN(x)), the add left pending
+  const sub = (norm: string, r: ResidualRows, body: (y: tf.Tensor2D) => tf.Tensor2D): ResidualRows => {
+    const [w, b] = [opt(`${norm}.weight`), opt(`${norm}.bias`)];
+    if (c.ln_positions === 'postln') return { h: fusedAddLayerNorm(r.h, body(r.h), w, b) };
+    const [y, h] = r.pending ? fusedAddLayerNormKeepSum(r.h, r.pending, w, b) : [fusedAddLayerNorm(r.h, undefined, w, b), r.h];
+    return { h, pending: body(y) };
   };
-  let h = sub(`${l}.self_attn_layer_norm`, x, selfAttn);
-  h = sub(`${l}.encoder_attn_layer_norm`, h, crossAttn);
-  return sub(`${l}.final_layer_norm`, h, ffn);
+  let r = sub(`${l}.self_attn_layer_norm`, x, selfAttn);
+  r = sub(`${l}.encoder_attn_layer_norm`, r, crossAttn);
+  return sub(`${l}.final_layer_norm`, r, ffn);
 }
 
 /**
@@ -699,9 +711,9 @@ export class DalleBart {
       let tok = tf.gather(p.get(`${this.decoderTokenTable()}.weight`), tf.reshape(tokens, [B])) as tf.Tensor2D;
       if (c.scale_embedding) tok = tf.mul(tok, Math.sqrt(C));
       const pos = tf.slice(p.get(`${DEC}.embed_positions.weight`), [decoderPositionOffset(c) + state.position, 0], [1, C]) as tf.Tensor2D; // (1, C)
-      let h = norm(`${DEC}.layernorm_embedding`, tok, pos);
-      for (let i = 0; i < c.decoder_layers; i++) h = decoderLayerStep(p, c, i, h, state.cross[i] as KVCache, fused, state.position);
-      if (c.use_final_ln_decoder) h = norm(`${DEC}.layer_norm`, h);
+      let r: ResidualRows = { h: norm(`${DEC}.layernorm_embedding`, tok, pos) };
+      for (let i = 0; i < c.decoder_layers; i++) r = decoderLayerStep(p, c, i, r, state.cross[i] as KVCache, fused, state.position);
+      const h = c.use_final_ln_decoder ? norm(`${DEC}.layer_norm`, r.h, r.pending) : r.pending ? (tf.add(r.h, r.pending) as tf.Tensor2D) : r.h;
       if (c.model_type === 'dallebart') return fusedLinear(h, p.get('lm_head.weight') as tf.Tensor2D, undefined); // (B, V)
       return tf.add(tf.matMul(h, p.get('model.shared.weight'), false, true), p.get('final_logits_bias')) as tf.Tensor2D; // tied head, (B, V)
     });
