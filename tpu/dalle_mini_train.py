@@ -242,16 +242,31 @@ def stand_in(bridge, real):
                 raise AttributeError(name) from None
 
     class Api:
+        # the real Api is made only when something other than a resume artifact is asked for: it needs a
+        # W&B login, which an offline run (or a worker > 0 of a slice) may not have
         def __init__(self, *a, **kw):
-            self._inner = real.Api(*a, **kw) if real is not None else None
+            self._args = (a, kw)
+            self._inner = None
+
+        def _real(self):
+            if real is None:
+                return None
+            if self._inner is None:
+                self._inner = real.Api(*self._args[0], **self._args[1])
+            return self._inner
 
         def artifact(self, name, *a, **kw):
             local = bridge.artifact(name)
             if local is not None:
                 return local
-            if self._inner is None:
+            if self._real() is None:
                 fail(f"train.py asks for the W&B artifact {name!r}, but wandb is not installed")
-            return self._inner.artifact(name, *a, **kw)
+            return self._real().artifact(name, *a, **kw)
+
+        def __getattr__(self, name):
+            if self._real() is None:
+                raise AttributeError(f"wandb.Api().{name}: wandb is not installed")
+            return getattr(self._real(), name)
 
     def init(*a, **kw):
         inner = real.init(*a, **kw) if real is not None else None
