@@ -1,6 +1,6 @@
 /*
  * minidalle's native kernels: matrix products and convolutions for the wasm backend, computed with
- * OpenBLAS directly on the wasm heap.
+ * OpenBLAS directly on the wasm heap (and, at the end, the fused kernels of one incremental decoding step).
  *
  * Why: tfjs-node cannot be installed without downloading libtensorflow, and 128-bit wasm SIMD on one
  * thread tops out near 25 GFLOPS, while the CPU does several times that with AVX2/AVX-512 on every

@@ -2,6 +2,7 @@
  * Our wasm kernels: what tfjs-backend-wasm 4.22.0 lacks (Conv2DBackpropFilter, UnsortedSegmentSum) or
  * runs far below XNNPACK speed (Conv2DBackpropInput, BatchMatMul), plus a gradient fix. Conv2D, its
  * gradients and BatchMatMul switch to the native OpenBLAS kernels when those are loaded (native.ts).
+ * With those, the fused kernels of an incremental decoding step are registered too (decode.ts).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { batchMatMulConfig, batchMatMulGradConfig } from './batch-matmul.js';
