@@ -52,6 +52,11 @@ export class FakeTpuApi {
     await new Promise((r) => this.server?.close(r));
   }
 
+  /** A node that exists before the test (as if tpu/create.sh had made it): READY, with its endpoints. */
+  async seed(project: string, zone: string, nodeId: string, acceleratorType: string): Promise<void> {
+    await this.addNode(`projects/${project}/locations/${zone}`, nodeId, { acceleratorType, runtimeVersion: 'tpu-ubuntu2204-base' });
+  }
+
   preempt(nodeId: string): void {
     const n = [...this.nodes.values()].find((x) => x.name.endsWith(`/nodes/${nodeId}`));
     if (!n) throw new Error(`no node ${nodeId}`);

@@ -2,8 +2,9 @@
  * A multi-worker TPU slice (a v4-16: two workers) through the real `gcloud` against the fake TPU API, whose node
  * lists two network endpoints that are two network-namespace sshd hosts. Each worker has its own disk at the
  * same path (a bind mount only its sshd sees), as on a real slice. One command stage runs on both workers at
- * once: worker 0's metrics are the history, both workers' lines are in the log, and a failing worker 1 stops
- * worker 0 and fails the attempt.
+ * once: worker 0's metrics are the history, both workers' lines are in the log, a dropped connection to one
+ * worker or a restarted orchestrator re-attaches to each, and a failing worker 1 stops worker 0 and fails the
+ * attempt.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
@@ -71,6 +72,7 @@ describe.skipIf(missing !== '')('a multi-worker TPU slice', () => {
     await Promise.all([net.ready(w0), net.ready(w1)]);
     api = new FakeTpuApi(() => [w0.address, w1.address]);
     const url = await api.start();
+    await api.seed('minidalle-test', 'us-central2-b', 'slice', 'v4-16'); // made beforehand, as by tpu/create.sh
     const gcloudConfig = join(net.dir, 'gcloud');
     mkdirSync(gcloudConfig);
     env = {
@@ -82,11 +84,11 @@ describe.skipIf(missing !== '')('a multi-worker TPU slice', () => {
     };
     const { kind: _, host: __, ...ssh } = net.inventoryEntry(w0) as Record<string, unknown>;
     dir = remoteProject(
-      { hosts: { slice: { ...ssh, kind: 'tpu-vm', zone: 'us-central2-b', project: 'minidalle-test', accelerator_type: 'v4-16', workers: 'all', work_dir: sliceWork } } },
+      { hosts: { slice: { ...ssh, kind: 'tpu-vm', zone: 'us-central2-b', project: 'minidalle-test', accelerator_type: 'v4-16', workers: 'all', create: false, work_dir: sliceWork } } },
       {
         'slice-program.mjs': PROGRAM,
         'ok.yaml': experiment('slice-ok', 'steps: 6, delay-ms: 300'),
-        'fail.yaml': experiment('slice-fail', 'steps: 30, delay-ms: 200, fail-worker: 1, fail-at: 3'),
+        'fail.yaml': experiment('slice-fail', 'steps: 40, delay-ms: 200, fail-worker: 1, fail-at: 8'),
       },
     );
   });
@@ -129,23 +131,31 @@ describe.skipIf(missing !== '')('a multi-worker TPU slice', () => {
     const attachment = JSON.parse(readFileSync(join(only!.dir, 'remote.json'), 'utf8'));
     expect(attachment.target.address).toBe(w0.address);
     expect(attachment.others.map((o: { target: { address: string } }) => o.target.address)).toEqual([w1.address]);
-    const create = api.log.find((r) => r.method === 'POST')!;
-    expect(create.body).toMatchObject({ acceleratorType: 'v4-16' });
+    expect(api.calls()).toContain('GET /v2/projects/minidalle-test/locations/us-central2-b/nodes/slice');
   }, 90_000);
 
-  it('a failing worker 1 stops worker 0 and fails the attempt', async () => {
+  it('after an orchestrator restart it re-attaches to both workers; a failing worker 1 stops worker 0 and fails the attempt', async () => {
+    const first = start(dir, ['run', 'fail.yaml'], { env });
+    await waitOrDump(first, "worker 1's second step", () => first.output().includes('[worker 1] worker 1 at step 2'));
+    first.child.kill('SIGKILL');
+    await first.exited;
+    // worker 1 fails (step 8) while no orchestrator follows the slice, or just after the next one re-attached
     const run = await start(dir, ['run', 'fail.yaml'], { env }).exited;
-    expect(run.code).toBe(1);
+    expect(run.code, run.stdout + run.stderr).toBe(1);
     const failed = stageRuns(dir).find((r) => r.record.name === 'slice-fail/train')!;
+    expect(run.stdout).toContain(`train: re-attaching to run ${failed.id} on slice (its orchestrator ended while the worker ran)`);
     expect(failed.record.status).toBe('failed');
     expect(run.stdout).toMatch(new RegExp(`slice: worker 1 \\(${w1.address.replaceAll('.', '\\.')}\\) ended \\(exit code 1\\): stopping the other workers`));
     expect(run.stdout).toMatch(new RegExp(`train: failed: worker 1 \\(${w1.address.replaceAll('.', '\\.')}\\) failed: .* exited with code 7`));
-    // worker 0 was stopped gracefully (exit 3) long before its 30 steps
+    // worker 0 was stopped gracefully (exit 3) long before its 40 steps
     const agent0 = join(disk(w0), 'runs', failed.id, '.worker');
     expect(JSON.parse(readFileSync(join(agent0, 'exit.json'), 'utf8'))).toMatchObject({ code: 3 });
-    expect(history(failed.dir).length).toBeLessThan(10);
+    expect(history(failed.dir).length).toBeLessThan(40);
     expect(existsSync(join(failed.dir, 'out/final.txt'))).toBe(false);
     const log = readFileSync(join(failed.dir, 'output.log'), 'utf8');
     expect(log).toMatch(/\[worker 1\] error: .* exited with code 7/);
+    // both streams were followed on from their saved offsets: each line once
+    for (let i = 1; i < 8; i++) expect(log.split(`[worker 1] worker 1 at step ${i}\n`).length - 1, `worker 1 step ${i}`).toBe(1);
+    for (let i = 1; i <= 3; i++) expect(log.split(`[worker 0] worker 0 at step ${i}\n`).length - 1, `worker 0 step ${i}`).toBe(1);
   }, 90_000);
 });

@@ -171,7 +171,11 @@ export class RemoteExecutor implements Executor {
   /** TERM (finish the step, checkpoint, exit) or KILL to the worker on every worker host of the attempt. */
   private signalAll(att: Attachment, force: boolean, except?: WorkerAttachment): void {
     for (const w of workersOf(att)) {
-      if (w !== except) void sshRun(w.target, [this.settings.node, this.agentPath(w.target), 'signal', w.remoteRunDir, force ? 'KILL' : 'TERM']);
+      if (w === except) continue;
+      // after a restart of the orchestrator a worker may not be connected yet (its home, hence the agent's path)
+      void this.connect(w.target)
+        .then(() => sshRun(w.target, [this.settings.node, this.agentPath(w.target), 'signal', w.remoteRunDir, force ? 'KILL' : 'TERM']))
+        .catch(() => undefined);
     }
   }
 
@@ -451,7 +455,12 @@ export class RemoteExecutor implements Executor {
   /** Follows one worker's stream until it exits or is lost; re-attaches after dropped connections. */
   private async followWorker(w: WorkerAttachment, label: string, io: StageIO, save: () => void): Promise<WorkerExit> {
     for (;;) {
-      const r = await this.followOnce(w, io, save);
+      const r = this.homes.has(key(w.target))
+        ? await this.followOnce(w, io, save)
+        : await this.connect(w.target).then(
+            () => this.followOnce(w, io, save),
+            (err: Error) => ({ t: 'dropped' as const, why: err.message }),
+          );
       if (r.t === 'x') return { code: r.code, signal: r.signal as NodeJS.Signals | null };
       if (r.t === 'lost') return { code: null, signal: null, lost: `${label}: ${r.why}` };
       // The connection dropped: keep trying to re-attach until the host is known gone or the timeout passes.
