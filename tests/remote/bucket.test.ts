@@ -6,11 +6,11 @@
  * host b resumes from the newest one there, with the same run id and every step once.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { start } from '../support/cli.js';
+import { filesUnder, start } from '../support/cli.js';
 import { loadProjectConfig } from '../../src/core/config/project.js';
 import { FakeGcs } from './fake-gcs.js';
 import { expectSteps, history, remoteProject, stageRuns, waitOrDump } from './helpers.js';
@@ -119,6 +119,10 @@ stages:
     expect(new Set(uploads.map((r) => r.from))).toEqual(new Set([a.address, b.address]));
     expect(gcs.log.filter((r) => r.query.alt === 'media').every((r) => r.from === '127.0.0.1')).toBe(true);
     expect(gcs.log.every((r) => r.authorization === `Bearer ${TOKEN}`)).toBe(true);
+    // and no file the hosts or their gcloud wrote holds it (the synced tree holds this test's own source)
+    const written = [a, b].flatMap((h) => [join(net.dir, h.name, 'work', 'runs'), join(net.dir, `gcloud-${h.name}`)]).flatMap((d) => filesUnder(d));
+    expect(written.length).toBeGreaterThan(10);
+    expect(written.filter((f) => readFileSync(f).includes(TOKEN))).toEqual([]);
     console.log(`gcloud storage calls served: ${gcs.callKinds().join('; ')}`);
   }, 90_000);
 });
