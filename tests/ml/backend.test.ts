@@ -30,7 +30,7 @@ describe('initCompute', () => {
     expect(info.kernels).toEqual([
       'Conv2D', 'Conv2DBackpropFilter', 'Conv2DBackpropInput', 'UnsortedSegmentSum', 'BatchMatMul', 'Identity', 'Cast', 'Sum',
       'Tanh', 'Exp', 'Erf', 'Sigmoid', 'Add', 'Sub', 'Multiply', 'MinidalleSparseXent', 'MinidalleSparseXentGrad', 'MinidalleAdamW',
-      'MinidalleGroupNorm', 'MinidalleGroupNormGrad', 'MinidalleSwish', 'MinidalleSwishGrad',
+      'MinidalleGroupNorm', 'MinidalleGroupNormGrad', 'MinidalleSwish', 'MinidalleSwishGrad', 'MinidalleDecodeLinear', 'MinidalleAddLayerNorm', 'MinidalleAttendOne',
     ]);
     // The native kernels are used when built; CI builds them and sets MINIDALLE_NATIVE=require.
     const native = loadNativeKernels();
