@@ -1,5 +1,5 @@
 /** Projects whose hosts are the test network's namespaces, and the checks the remote tests share. */
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, until, type start } from '../support/cli.js';
@@ -66,4 +66,17 @@ export function localProcesses(match: (args: string) => boolean): number[] {
       }
     })
     .map(Number);
+}
+
+/** The orchestrator's env for the real gcloud against the fake TPU API at `tpuUrl`, with its own config dir under `dir`. */
+export function fakeTpuEnv(dir: string, tpuUrl: string): Record<string, string> {
+  const gcloudConfig = join(dir, 'gcloud');
+  mkdirSync(gcloudConfig, { recursive: true });
+  return {
+    MINIDALLE_SSH_CONTROL_DIR: join(dir, 'ctl'),
+    CLOUDSDK_API_ENDPOINT_OVERRIDES_TPU: tpuUrl,
+    CLOUDSDK_AUTH_ACCESS_TOKEN: 'fake-access-token-for-tests',
+    CLOUDSDK_CORE_DISABLE_PROMPTS: '1',
+    CLOUDSDK_CONFIG: gcloudConfig,
+  };
 }

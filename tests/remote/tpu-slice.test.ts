@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { start } from '../support/cli.js';
 import { FakeTpuApi } from './fake-tpu.js';
-import { history, localProcesses, remoteProject, stageRuns, waitOrDump } from './helpers.js';
+import { fakeTpuEnv, history, localProcesses, remoteProject, stageRuns, waitOrDump } from './helpers.js';
 import { netnsUnavailable, TestNetwork, type TestHost } from './netns.js';
 
 const noGcloud = spawnSync('sh', ['-c', 'command -v gcloud']).status === 0 ? '' : 'gcloud (Google Cloud SDK) is not installed';
@@ -73,15 +73,7 @@ describe.skipIf(missing !== '')('a multi-worker TPU slice', () => {
     api = new FakeTpuApi(() => [w0.address, w1.address]);
     const url = await api.start();
     await api.seed('minidalle-test', 'us-central2-b', 'slice', 'v4-16'); // made beforehand, as by tpu/create.sh
-    const gcloudConfig = join(net.dir, 'gcloud');
-    mkdirSync(gcloudConfig);
-    env = {
-      MINIDALLE_SSH_CONTROL_DIR: join(net.dir, 'ctl'),
-      CLOUDSDK_API_ENDPOINT_OVERRIDES_TPU: url,
-      CLOUDSDK_AUTH_ACCESS_TOKEN: 'fake-access-token-for-tests',
-      CLOUDSDK_CORE_DISABLE_PROMPTS: '1',
-      CLOUDSDK_CONFIG: gcloudConfig,
-    };
+    env = fakeTpuEnv(net.dir, url);
     const { kind: _, host: __, ...ssh } = net.inventoryEntry(w0) as Record<string, unknown>;
     dir = remoteProject(
       { hosts: { slice: { ...ssh, kind: 'tpu-vm', zone: 'us-central2-b', project: 'minidalle-test', accelerator_type: 'v4-16', workers: 'all', create: false, work_dir: sliceWork } } },

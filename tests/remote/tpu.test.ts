@@ -5,7 +5,7 @@
  * on the new VM from its last synced checkpoint with the same run id.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,7 +13,7 @@ import { cli, start } from '../support/cli.js';
 import { TpuVmHostSchema } from '../../src/core/config/project.js';
 import { TpuVmAccess } from '../../src/core/executors/tpu.js';
 import { FakeTpuApi } from './fake-tpu.js';
-import { expectSteps, history, remoteProject, stageRuns, waitOrDump } from './helpers.js';
+import { expectSteps, fakeTpuEnv, history, remoteProject, stageRuns, waitOrDump } from './helpers.js';
 import { netnsUnavailable, TestNetwork, type TestHost } from './netns.js';
 
 const noGcloud = spawnSync('sh', ['-c', 'command -v gcloud']).status === 0 ? '' : 'gcloud (Google Cloud SDK) is not installed';
@@ -67,15 +67,7 @@ describe.skipIf(missing !== '')('tpu-vm hosts through gcloud', () => {
       },
     );
     const url = await api.start();
-    const gcloudConfig = join(net.dir, 'gcloud');
-    mkdirSync(gcloudConfig);
-    env = {
-      MINIDALLE_SSH_CONTROL_DIR: join(net.dir, 'ctl'),
-      CLOUDSDK_API_ENDPOINT_OVERRIDES_TPU: url,
-      CLOUDSDK_AUTH_ACCESS_TOKEN: 'fake-access-token-for-tests',
-      CLOUDSDK_CORE_DISABLE_PROMPTS: '1',
-      CLOUDSDK_CONFIG: gcloudConfig,
-    };
+    env = fakeTpuEnv(net.dir, url);
   });
   afterAll(async () => {
     await api?.stop();
