@@ -61,7 +61,7 @@ describe('shipped experiments', () => {
     expect(report, r.stdout).toBeDefined();
     expect(statSync(report!).size).toBeLessThan(5e6);
     // and images from the trained pair, re-ranked
-    const g = cli(dir, ['generate', 'a red circle on the left', '--model', (byStage('seq2seq').id as string).slice(0, 8), '--clip', (byStage('clip').id as string).slice(0, 8), '-n', '4', '--top', '2', '--out', 'images']);
+    const g = cli(dir, ['generate', 'a red circle on the left', '--model', byStage('seq2seq').id as string, '--clip', byStage('clip').id as string, '-n', '4', '--top', '2', '--out', 'images']);
     expect(g.code, g.stdout + g.stderr).toBe(0);
     expect(readdirSync(join(dir, 'images')).sort()).toEqual(['generations.json', 'grid.png', 'p00-rank00.png', 'p00-rank01.png']);
   }, 900_000);
