@@ -111,18 +111,17 @@ export function retrievalTop1(textEmb: Float32Array, imageEmb: Float32Array, n: 
  * retrieval among held-out images cannot tell reading the shape from reading the colour.
  */
 export function shapeSwapAccuracy(scorer: ClipScorer, captions: readonly string[], imageEmb: Float32Array, d: number): number | null {
-  let right = 0;
-  let asked = 0;
-  captions.forEach((caption, i) => {
+  const asked = captions.flatMap((caption, i) => {
     const shape = parseShapesCaption(caption).shape;
-    if (!shape) return;
-    const word = new RegExp(`\\b${shape}\\b`);
-    const swapped = embedTexts(scorer, SHAPES.map((s) => caption.replace(word, s)));
-    const scores = SHAPES.map((_, k) => cosine(swapped, k, imageEmb, i, d));
-    asked++;
-    if (SHAPES[scores.indexOf(Math.max(...scores))] === shape) right++;
+    return shape ? [{ i, shape, variants: SHAPES.map((s) => caption.replace(new RegExp(`\\b${shape}\\b`), s)) }] : [];
   });
-  return asked > 0 ? right / asked : null;
+  if (asked.length === 0) return null;
+  const swapped = embedTexts(scorer, asked.flatMap((a) => a.variants)); // every variant in one batched pass
+  const right = asked.filter((a, n) => {
+    const scores = SHAPES.map((_, k) => cosine(swapped, n * SHAPES.length + k, imageEmb, a.i, d));
+    return SHAPES[scores.indexOf(Math.max(...scores))] === a.shape;
+  }).length;
+  return right / asked.length;
 }
 
 /** (N, side, side, 3) [-1, 1] floats of a set → one byte RGB image each (for the pixel judge). */

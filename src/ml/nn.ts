@@ -237,6 +237,11 @@ export interface AttentionOutput {
 
 const NEG_INF = -1e9;
 
+/** The additive attention bias of a key mask (B, S) of 1 = attend, 0 = padding: 0 on keys, −1e9 on padding, (B, S). */
+export function keyMaskBias(keyMask: tf.Tensor2D): tf.Tensor2D {
+  return tf.tidy(() => tf.mul(tf.sub(1, tf.cast(keyMask, 'float32')), NEG_INF) as tf.Tensor2D);
+}
+
 function splitHeads(x: tf.Tensor, B: number, T: number, nh: number, hs: number): tf.Tensor4D {
   return tf.transpose(tf.reshape(x, [B, T, nh, hs]), [0, 2, 1, 3]) as tf.Tensor4D; // (B, nh, T, hs)
 }
@@ -290,7 +295,7 @@ export function attention(p: Params, prefix: string, x: tf.Tensor3D, opts: Atten
     if (opts.keyMask.shape[0] !== B || opts.keyMask.shape[1] !== S) {
       throw new ShapeError(`attention ${prefix}`, `keyMask shape ${JSON.stringify(opts.keyMask.shape)} ≠ [${B}, ${S}]`);
     }
-    const kb = tf.reshape(tf.mul(tf.sub(1, tf.cast(opts.keyMask, 'float32')), NEG_INF), [B, 1, 1, S]);
+    const kb = tf.reshape(keyMaskBias(opts.keyMask), [B, 1, 1, S]);
     bias = bias ? tf.add(bias, kb) : kb;
   }
   if (bias) att = tf.add(att, bias);

@@ -174,9 +174,14 @@ export class RemoteExecutor implements Executor {
       if (w === except) continue;
       // after a restart of the orchestrator a worker may not be connected yet (its home, hence the agent's path)
       void this.connect(w.target)
-        .then(() => sshRun(w.target, [this.settings.node, this.agentPath(w.target), 'signal', w.remoteRunDir, force ? 'KILL' : 'TERM']))
+        .then(() => this.signal(w, force))
         .catch(() => undefined);
     }
+  }
+
+  /** TERM or KILL to one worker through the host's agent. */
+  private signal(w: WorkerAttachment, force: boolean): Promise<unknown> {
+    return sshRun(w.target, [this.settings.node, this.agentPath(w.target), 'signal', w.remoteRunDir, force ? 'KILL' : 'TERM']);
   }
 
   private home(t: SshTarget): string {
@@ -331,7 +336,7 @@ export class RemoteExecutor implements Executor {
     const failed = started.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     const workers = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
     if (failed) {
-      for (const w of workers) void sshRun(w.target, [this.settings.node, this.agentPath(w.target), 'signal', w.remoteRunDir, 'KILL']);
+      for (const w of workers) void this.signal(w, true);
       throw failed.reason;
     }
     const [first, ...others] = workers;
@@ -437,13 +442,9 @@ export class RemoteExecutor implements Executor {
       }),
     );
     clearTimeout(killer);
-    if (!first) {
+    if (!first || first.index === 0) {
       if (result) io.onEvent(result);
-      return exits[0]!;
-    }
-    if (first.index === 0) {
-      if (result) io.onEvent(result);
-      return first.exit;
+      return first?.exit ?? exits[0]!;
     }
     const address = workers[first.index]!.target.address;
     if (first.exit.lost !== undefined) return { code: null, signal: null, lost: first.exit.lost }; // worker 0's host may answer: its last copy is taken

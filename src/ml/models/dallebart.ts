@@ -44,6 +44,7 @@ import {
   embedding,
   feedForward,
   gluFeedForward,
+  keyMaskBias,
   layerNorm,
   linear,
   sparseCrossEntropy,
@@ -402,7 +403,7 @@ interface FusedDecoding {
   qkv: { w: tf.Tensor2D; b?: tf.Tensor1D }[];
   /** per decoder layer: self-attention K/V of every position, (B, nh, positions, hs), filled in place step by step */
   cache: KVCache[];
-  /** (B, S) cross-attention bias: 0 on text, −1e9 on padding (nn.ts's keyMask bias) */
+  /** (B, S) cross-attention bias: 0 on text, −1e9 on padding (nn.ts's keyMaskBias) */
   crossBias: tf.Tensor2D;
 }
 
@@ -663,7 +664,7 @@ export class DalleBart {
         return b ? { w, b } : { w };
       });
       const cache = Array.from({ length: c.decoder_layers }, () => emptyKvCache(B, nh, decoderPositions(c), c.d_model / nh));
-      const crossBias = tf.mul(tf.sub(1, tf.cast(encMask, 'float32')), -1e9) as tf.Tensor2D; // (B, S)
+      const crossBias = keyMaskBias(encMask); // (B, S)
       return { qkv, cache, crossBias };
     });
   }
