@@ -17,7 +17,8 @@ import { z } from 'zod';
 import { definePlugin } from '../../src/core/plugins/types.js';
 import { modelPath } from '../../src/core/refs.js';
 import { createShapesJudge, parseShapesCaption, scoreShapes } from '../../src/data/shapes-judge.js';
-import { SHAPES } from '../../src/data/shapes.js';
+import { NegativesError, WordSwapNegatives } from '../../src/data/negatives.js';
+import { SHAPES, SHAPES_WORD_GROUPS } from '../../src/data/shapes.js';
 import { describeCompute, initCompute, tf } from '../../src/ml/backend.js';
 import { cosine, embedImages, embedTexts, type ClipScorer } from '../../src/ml/clip-rank.js';
 import { Clip, CLIP_MEAN, CLIP_STD, clipConfigToHf, clipTextBatch, loadClip, readClipConfig, resolveClipConfig, saveClip, type ClipConfig } from '../../src/ml/models/clip.js';
@@ -59,6 +60,12 @@ export const ClipTrainConfig = trainerConfig({
     max_train_items: z.number().int().min(0).default(0).describe('read at most this many training images (0 = all)'),
     vqgan: modelPath("VQGAN folder: training images are also shown as its reconstructions (encode → decode), the image domain of the samples CLIP re-ranks; '' = real images only"),
     reconstruction_prob: z.number().min(0).max(1).default(0.5).describe('with vqgan: share of training rows shown as their reconstruction'),
+    hard_negatives: z.number().int().min(0).default(0).describe('per pair, this many captions with a word swapped (NegCLIP hard negatives) that its image is also scored against; needs negative_words'),
+    negative_words: z
+      .union([z.literal('shapes'), z.array(z.array(z.union([z.string().min(1), z.array(z.string().min(1)).min(1)])).min(2)).min(1)])
+      .nullable()
+      .default(null)
+      .describe("word groups the hard negatives swap within: 'shapes' (shapes, colours, sizes, positions), or a list of groups, each a list of words or of synonym lists"),
     seed: z.number().int().min(0).nullable().default(null).describe('init/data seed; null = experiment seed'),
     steps: posInt.default(1500).describe('training steps'),
     batch_size: posInt.default(128).describe('image-caption pairs per step (the negatives of each pair)'),
@@ -160,6 +167,26 @@ function mixedBatch(real: ImageSet, recon: ImageSet, idx: readonly number[], rng
   return tf.tensor4d(buf, [idx.length, real.side, real.side, 3]);
 }
 
+/** The hard-negative builder of `with:`, checked against the training captions; null when off. */
+function hardNegatives(c: ClipTrainConfig, captions: readonly string[]): { negatives: WordSwapNegatives; covered: number } | null {
+  if (c.hard_negatives === 0) {
+    if (c.negative_words !== null) throw new ClipTrainError(`${NAME}: with.negative_words is set but with.hard_negatives is 0; set hard_negatives (e.g. 2) or drop negative_words`);
+    return null;
+  }
+  if (c.negative_words === null) throw new ClipTrainError(`${NAME}: with.hard_negatives ${c.hard_negatives} needs with.negative_words: 'shapes', or word groups such as [[red, green, blue], [circle, square], [[top, upper], [bottom, lower]]]`);
+  let negatives: WordSwapNegatives;
+  try {
+    negatives = new WordSwapNegatives(c.negative_words === 'shapes' ? SHAPES_WORD_GROUPS : c.negative_words);
+  } catch (e) {
+    if (e instanceof NegativesError) throw new ClipTrainError(`${NAME}: with.negative_words: ${e.message}`);
+    throw e;
+  }
+  const probe = () => 0;
+  const covered = captions.filter((cap) => negatives.negative(cap, probe) !== null).length;
+  if (covered === 0) throw new ClipTrainError(`${NAME}: no training caption contains a word of with.negative_words, so there is nothing to swap (first caption: "${captions[0] ?? ''}")`);
+  return { negatives, covered };
+}
+
 export default definePlugin({
   name: NAME,
   version: '1',
@@ -229,6 +256,9 @@ export default definePlugin({
       ctx.logger.info(`${NAME}: ${train.count} training images reconstructed by ${c.vqgan} in ${((Date.now() - t0) / 1000).toFixed(1)} s; ${Math.round(100 * c.reconstruction_prob)}% of rows are shown reconstructed`);
     }
     const domainRng = new Rng(deriveSeed(seed, 'domain'));
+    const swaps = hardNegatives(c, train.captions);
+    if (swaps) ctx.logger.info(`${NAME}: ${c.hard_negatives} hard negative caption(s) per pair; ${swaps.covered} of ${train.count} training captions have a word to swap`);
+    const negativesRng = new Rng(deriveSeed(seed, 'negatives'));
 
     const lrAt = scheduleFrom(c, c.steps);
     const optimizer = optimizerFrom(c, lrAt, model.params);
@@ -236,7 +266,7 @@ export default definePlugin({
     const state = new TrainState({
       models: { model: { params: model.params, config: clipConfigToHf(cfg) } },
       optimizers: { model: { optimizer, params: model.params } },
-      rngs: { domain: domainRng },
+      rngs: swaps ? { domain: domainRng, negatives: negativesRng } : { domain: domainRng },
       data: order,
     });
     const judge = c.judge === 'shapes' ? await createShapesJudge(side) : undefined;
@@ -265,7 +295,9 @@ export default definePlugin({
               const part = idx.slice(i * micro, (i + 1) * micro);
               const raw = recon ? mixedBatch(train, recon, part, domainRng, c.reconstruction_prob) : imageBatch(train, part);
               const pixels = toUnit(raw);
-              const text = clipTextBatch(tok, part.map((k) => train.captions[k] as string), L);
+              const captions = part.map((k) => train.captions[k] as string);
+              const negatives = swaps ? captions.flatMap((cap) => Array.from({ length: c.hard_negatives }, () => swaps.negatives.negative(cap, () => negativesRng.uniform())).filter((n) => n !== null)) : [];
+              const text = clipTextBatch(tok, [...captions, ...negatives], L);
               const loss = model.loss(pixels, text.ids, text.mask);
               tf.dispose([raw, pixels, text.ids, text.mask]);
               return loss;

@@ -5,6 +5,7 @@
  */
 import sharp from 'sharp';
 import { DataError } from './errors.js';
+import type { WordGroups } from './negatives.js';
 import { SeededRng, hashSeed } from './rng.js';
 import { WebdatasetShardWriter } from './webdataset-writer.js';
 
@@ -47,6 +48,12 @@ export const POSITION_WORDS: Record<PositionName, readonly string[]> = {
   bottom: ['bottom', 'lower'],
   centre: ['centre', 'center', 'middle'],
 };
+
+/**
+ * The attribute words of shapes captions as hard-negative word groups (negatives.ts): shapes, colours (object
+ * and background alike, so exchanging the two is a negative too), sizes, and positions with their synonyms.
+ */
+export const SHAPES_WORD_GROUPS: WordGroups = [SHAPES, COLOUR_NAMES, SIZES, POSITIONS.map((p) => POSITION_WORDS[p])];
 
 export interface ShapeAttributes {
   shape: ShapeName;

@@ -11,7 +11,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initCompute } from '../../src/ml/backend.js';
 import { rankByScore } from '../../src/ml/clip-rank.js';
-import { Clip, ClipConfigError, clipParamSpecs, clipTextBatch, loadClip, preprocessForClip, resizeBicubic, resolveClipConfig, saveClip, type ClipConfigInput } from '../../src/ml/models/clip.js';
+import { Clip, ClipConfigError, clipParamSpecs, clipTextBatch, l2normalize, loadClip, preprocessForClip, resizeBicubic, resolveClipConfig, saveClip, type ClipConfigInput } from '../../src/ml/models/clip.js';
 import { AdamW, disposeGrads, valueAndGrads } from '../../src/ml/optim/index.js';
 import { LoadParamsError } from '../../src/ml/params.js';
 import { Rng } from '../../src/ml/rng.js';
@@ -207,6 +207,28 @@ describe('CLIP training and re-ranking', () => {
     last.dispose();
     opt.dispose();
     tf.dispose([im.t, tx.ids, tx.mask]);
+    m.dispose();
+  });
+
+  it('texts past the batch are extra negatives of image → text only (NegCLIP), by the formula', () => {
+    const m = Clip.create(TINY, 1);
+    const im = images(new Rng(4), 3, 8);
+    const tx = textIds([[5], [6, 7], [8, 9, 10], [11, 12], [13]], 8); // 3 captions + 2 hard negatives
+    const [img, txt, scale] = tf.tidy(() => [l2normalize(m.encodeImage(im.t)).arraySync(), l2normalize(m.encodeText(tx.ids, tx.mask)).arraySync(), m.logitScale().dataSync()[0]!] as const);
+    const sim = (i: number, t: number) => scale * img[i]!.reduce((a, v, k) => a + v * txt[t]![k]!, 0);
+    const ce = (row: number[], right: number) => Math.log(row.reduce((a, v) => a + Math.exp(v), 0)) - row[right]!;
+    let i2t = 0;
+    let t2i = 0;
+    for (let k = 0; k < 3; k++) {
+      i2t += ce([0, 1, 2, 3, 4].map((t) => sim(k, t)), k) / 3; // every text, negatives included
+      t2i += ce([0, 1, 2].map((i) => sim(i, k)), k) / 3; // the batch's images only
+    }
+    const loss = m.loss(im.t, tx.ids, tx.mask);
+    expect(loss.dataSync()[0]!).toBeCloseTo((i2t + t2i) / 2, 4);
+    const plain = m.loss(im.t, tf.slice(tx.ids, [0, 0], [3, 8]), tf.slice(tx.mask, [0, 0], [3, 8]));
+    expect(plain.dataSync()[0]!).toBeLessThan(loss.dataSync()[0]!);
+    expect(() => m.loss(im.t, tf.slice(tx.ids, [0, 0], [2, 8]), tf.slice(tx.mask, [0, 0], [2, 8]))).toThrow(/3 images but 2 texts/);
+    tf.dispose([im.t, tx.ids, tx.mask, loss, plain]);
     m.dispose();
   });
 

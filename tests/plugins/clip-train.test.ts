@@ -106,8 +106,8 @@ describe('clip-train', () => {
     scorer.clip.dispose();
   });
 
-  it('stopping at step 3 and resuming gives the weights of an uninterrupted run at step 6 (rows mixed with VQGAN reconstructions)', async () => {
-    const config = ClipTrainConfig.parse({ model: MODEL, steps: 6, batch_size: 16, grad_accumulation: 2, lr: 3e-3, lr_warmup_steps: 1, log_every: 1, eval_every: 3, checkpoint_every: 2, eval_count: 16, vqgan: vqganDir, reconstruction_prob: 0.5 });
+  it('stopping at step 3 and resuming gives the weights of an uninterrupted run at step 6 (rows mixed with VQGAN reconstructions, hard negative captions)', async () => {
+    const config = ClipTrainConfig.parse({ model: MODEL, steps: 6, batch_size: 16, grad_accumulation: 2, lr: 3e-3, lr_warmup_steps: 1, log_every: 1, eval_every: 3, checkpoint_every: 2, eval_count: 16, vqgan: vqganDir, reconstruction_prob: 0.5, hard_negatives: 2, negative_words: 'shapes' });
     const a = await store.create({ name: 'clip-a', kind: 'stage' });
     const resA = await clipPlugin.run(stageContext(a, { config, inputs }));
     const b = await store.create({ name: 'clip-b', kind: 'stage' });
@@ -120,6 +120,22 @@ describe('clip-train', () => {
     const d = await store.create({ name: 'clip-d', kind: 'stage' });
     const resD = await clipPlugin.run(stageContext(d, { config: { ...config, vqgan: '' }, inputs }));
     expect(await weights(resD.artifacts!.clip!)).not.toEqual(await weights(resA.artifacts!.clip!));
+    // and so do the hard negatives
+    const e = await store.create({ name: 'clip-no-negatives', kind: 'stage' });
+    const resE = await clipPlugin.run(stageContext(e, { config: { ...config, hard_negatives: 0, negative_words: null }, inputs }));
+    expect(await weights(resE.artifacts!.clip!)).not.toEqual(await weights(resA.artifacts!.clip!));
+  });
+
+  it('hard negatives need word groups that occur in the captions; bad groups are named', async () => {
+    const base = { model: MODEL, steps: 1, batch_size: 16, lr_warmup_steps: 0, eval_count: 16 };
+    const attempt = async (extra: Record<string, unknown>) => {
+      const run = await store.create({ name: 'clip-negatives-config', kind: 'stage' });
+      return clipPlugin.run(stageContext(run, { config: ClipTrainConfig.parse({ ...base, ...extra }), inputs }));
+    };
+    await expect(attempt({ hard_negatives: 2 })).rejects.toThrow(/hard_negatives 2 needs with.negative_words/);
+    await expect(attempt({ negative_words: 'shapes' })).rejects.toThrow(/negative_words is set but with.hard_negatives is 0/);
+    await expect(attempt({ hard_negatives: 1, negative_words: [['cat', 'dog']] })).rejects.toThrow(/no training caption contains a word of with.negative_words/);
+    await expect(attempt({ hard_negatives: 1, negative_words: [['red', 'blue'], ['blue', 'circle']] })).rejects.toThrow(/with.negative_words: "blue" is in word group 1 and word group 2/);
   });
 
   it('refuses a VQGAN of another resolution, naming both', async () => {

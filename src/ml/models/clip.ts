@@ -379,15 +379,20 @@ export class Clip {
 
   /**
    * Symmetric InfoNCE of a batch of B matching (image, text) pairs: the mean of the cross-entropies of
-   * text→image and image→text similarities with the pairs on the diagonal. Use inside `valueAndGrads`.
+   * text→image and image→text similarities with the pairs on the diagonal. Texts past the first B rows are
+   * extra negatives (NegCLIP's hard negatives): every image is also scored against them, no text is.
+   * Use inside `valueAndGrads`.
    */
   loss(pixels: tf.Tensor4D, ids: tf.Tensor2D, mask: tf.Tensor2D): tf.Scalar {
+    const b = pixels.shape[0];
+    if (ids.shape[0] < b) throw new ClipError(`loss: ${b} images but ${ids.shape[0]} texts; the first ${b} texts are the images' captions`);
     return tf.tidy(() => {
       const img = l2normalize(this.encodeImage(pixels));
       const txt = l2normalize(this.encodeText(ids, mask));
-      const logits = tf.mul(tf.matMul(img, txt, false, true), this.logitScale()) as tf.Tensor2D; // (B images, B texts)
-      const labels = tf.range(0, logits.shape[0], 1, 'int32') as tf.Tensor1D;
-      return tf.div(tf.add(sparseCrossEntropy(logits, labels), sparseCrossEntropy(tf.transpose(logits) as tf.Tensor2D, labels)), 2) as tf.Scalar;
+      const logits = tf.mul(tf.matMul(img, txt, false, true), this.logitScale()) as tf.Tensor2D; // (B images, B + extra texts)
+      const labels = tf.range(0, b, 1, 'int32') as tf.Tensor1D;
+      const textToImage = tf.transpose(ids.shape[0] > b ? tf.slice(logits, [0, 0], [b, b]) : logits) as tf.Tensor2D; // (B texts, B images)
+      return tf.div(tf.add(sparseCrossEntropy(logits, labels), sparseCrossEntropy(textToImage, labels)), 2) as tf.Scalar;
     });
   }
 
