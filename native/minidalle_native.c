@@ -735,7 +735,7 @@ typedef struct ElementwiseJob {
   void (*unary)(const float* x, float* y, int64_t n);
   void (*binary)(const float* a, const float* b, float* y, int64_t n);
   int64_t b_period; /* binary: b repeats every b_period elements (= n when it does not broadcast) */
-  void (*swish_grad)(const float* x, const float* dy, float* dx, int64_t n);
+  void (*act_grad)(const float* x, const float* dy, float* dx, int64_t n); /* dx = dy · f'(x) */
   void (*adamw)(const float* p, const float* m, const float* v, const float* g, float* po, float* mo, float* vo, int64_t n, float lr, float b1,
                 float b2, float c1, float c2, float eps, float wd);
 } ElementwiseJob;
@@ -769,7 +769,7 @@ static void elementwise_part(void* arg, int part, int parts) {
       j->binary(in[0] + i, b + at, out[0] + i, len);
       i += len;
     }
-  } else if (j->swish_grad) j->swish_grad(in[0] + i0, in[1] + i0, out[0] + i0, n);
+  } else if (j->act_grad) j->act_grad(in[0] + i0, in[1] + i0, out[0] + i0, n);
   else j->adamw(in[0] + i0, in[1] + i0, in[2] + i0, in[3] + i0, out[0] + i0, out[1] + i0, out[2] + i0, n, h[0], h[1], h[2], h[3], h[4], h[5], h[6]);
 }
 
@@ -789,15 +789,18 @@ VECTORISED static void unary_sigmoid(const float* x, float* y, int64_t n) {
 VECTORISED static void unary_swish(const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] = x[i] / (1.0f + expf(-x[i]));
 }
+VECTORISED static void unary_gelu(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = x[i] * (erff(x[i] * (float)M_SQRT1_2) + 1.0f) * 0.5f; /* nn.ts's order of operations */
+}
 
-/* unary(heap, op, xOff, yOff, n): y = f(x) with f = tanh (0), exp (1), erf (2), sigmoid (3), swish (4). */
+/* unary(heap, op, xOff, yOff, n): y = f(x) with f = tanh (0), exp (1), erf (2), sigmoid (3), swish (4), exact GELU (5). */
 static napi_value unary(napi_env env, napi_callback_info info) {
   float* heap;
   int64_t floats, v[4];
   if (!heap_and_ints(env, info, "unary", "(heap, op, xOff, yOff, n)", 4, &heap, &floats, v)) return NULL;
   int64_t op = v[0], n = v[3];
   if (n <= 0 || !inside(v[1], n, floats) || !inside(v[2], n, floats)) return fail(env, "unary", "a tensor lies outside the heap");
-  static void (*const loops[])(const float*, float*, int64_t) = {unary_tanh, unary_exp, unary_erf, unary_sigmoid, unary_swish};
+  static void (*const loops[])(const float*, float*, int64_t) = {unary_tanh, unary_exp, unary_erf, unary_sigmoid, unary_swish, unary_gelu};
   if (op < 0 || op >= (int64_t)(sizeof loops / sizeof loops[0])) return fail(env, "unary", "unknown op");
   ElementwiseJob j = {.n = n, .in = {heap + v[1]}, .out = {heap + v[2]}, .unary = loops[op]};
   run_parallel(elementwise_part, &j, n);
@@ -830,7 +833,7 @@ static napi_value binary(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* swishGrad(heap, xOff, dyOff, dxOff, n): dx = dy · (σ(x) + x·σ(x)·(1 − σ(x))), the gradient of x·σ(x). */
+/* dx = dy · (σ(x) + x·σ(x)·(1 − σ(x))), the gradient of swish x·σ(x). */
 VECTORISED static void swish_grad_loop(const float* x, const float* dy, float* dx, int64_t n) {
   for (int64_t i = 0; i < n; i++) {
     float s = 1.0f / (1.0f + expf(-x[i]));
@@ -838,16 +841,28 @@ VECTORISED static void swish_grad_loop(const float* x, const float* dy, float* d
   }
 }
 
-static napi_value swish_grad(napi_env env, napi_callback_info info) {
+/* dx = dy · (Φ(x) + x·φ(x)), the gradient of exact GELU x·Φ(x). */
+VECTORISED static void gelu_grad_loop(const float* x, const float* dy, float* dx, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    float cdf = 0.5f * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+    float pdf = 0.39894228040143268f * expf(-0.5f * x[i] * x[i]);
+    dx[i] = dy[i] * (cdf + x[i] * pdf);
+  }
+}
+
+/* fn(heap, xOff, dyOff, dxOff, n): dx = dy · f'(x), for swishGrad and geluGrad. */
+static napi_value activation_grad(napi_env env, napi_callback_info info, const char* fn, void (*loop)(const float*, const float*, float*, int64_t)) {
   float* heap;
   int64_t floats, v[4];
-  if (!heap_and_ints(env, info, "swishGrad", "(heap, xOff, dyOff, dxOff, n)", 4, &heap, &floats, v)) return NULL;
+  if (!heap_and_ints(env, info, fn, "(heap, xOff, dyOff, dxOff, n)", 4, &heap, &floats, v)) return NULL;
   int64_t n = v[3];
-  if (n <= 0 || !inside(v[0], n, floats) || !inside(v[1], n, floats) || !inside(v[2], n, floats)) return fail(env, "swishGrad", "a tensor lies outside the heap");
-  ElementwiseJob j = {.n = n, .in = {heap + v[0], heap + v[1]}, .out = {heap + v[2]}, .swish_grad = swish_grad_loop};
+  if (n <= 0 || !inside(v[0], n, floats) || !inside(v[1], n, floats) || !inside(v[2], n, floats)) return fail(env, fn, "a tensor lies outside the heap");
+  ElementwiseJob j = {.n = n, .in = {heap + v[0], heap + v[1]}, .out = {heap + v[2]}, .act_grad = loop};
   run_parallel(elementwise_part, &j, n);
   return NULL;
 }
+static napi_value swish_grad(napi_env env, napi_callback_info info) { return activation_grad(env, info, "swishGrad", swish_grad_loop); }
+static napi_value gelu_grad(napi_env env, napi_callback_info info) { return activation_grad(env, info, "geluGrad", gelu_grad_loop); }
 
 /* ---------------------------------------------------------------- GroupNorm (NHWC), forward and backward
  * x is [b, hw, c] with c = groups · cg; statistics per (image, group) over hw · cg values, in double. */
@@ -1346,6 +1361,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"unary", NULL, unary, NULL, NULL, NULL, napi_enumerable, NULL},
       {"binary", NULL, binary, NULL, NULL, NULL, napi_enumerable, NULL},
       {"swishGrad", NULL, swish_grad, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"geluGrad", NULL, gelu_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"groupNorm", NULL, group_norm, NULL, NULL, NULL, napi_enumerable, NULL},
       {"groupNormGrad", NULL, group_norm_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"adamw", NULL, adamw, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -352,10 +352,33 @@ describe('GroupNorm and swish (fused native kernels on the native path)', () => 
     });
   });
 
+  it('LayerNorm (a one-group GroupNorm on the native path) value and gradients w.r.t. x, scale and shift match cpu', async () => {
+    await expectSameOnWasmAndCpu(() => {
+      const p = new Params();
+      p.add('n.weight', tf.add(randomTensor([24], 116), 1));
+      p.add('n.bias', randomTensor([24], 117));
+      const x = tf.add(tf.mul(randomTensor([3, 7, 24], 118), 3), 0.5);
+      const dy = randomTensor([3, 7, 24], 119);
+      const loss = (xi: tf.Tensor) => tf.sum(tf.mul(nn.layerNorm(p, 'n', xi), dy)) as tf.Scalar;
+      const [w, b] = [p.get('n.weight'), p.get('n.bias')];
+      const { grads } = tf.variableGrads(() => loss(x), [w, b]);
+      const out = [nn.layerNorm(p, 'n', x), tf.grad(loss)(x), grads[w.name]!, grads[b.name]!];
+      p.dispose();
+      return out;
+    });
+  });
+
   it('swish value and gradient match cpu', async () => {
     await expectSameOnWasmAndCpu(() => {
       const x = tf.mul(randomTensor([5, 77], 115), 6);
       return [nn.swish(x), tf.grad((t: tf.Tensor) => tf.sum(tf.mul(nn.swish(t), t)))(x)];
+    });
+  });
+
+  it('exact GELU value and gradient match cpu', async () => {
+    await expectSameOnWasmAndCpu(() => {
+      const x = tf.mul(randomTensor([5, 77], 120), 6);
+      return [nn.gelu(x), tf.grad((t: tf.Tensor) => tf.sum(tf.mul(nn.gelu(t), t)))(x)];
     });
   });
 }));

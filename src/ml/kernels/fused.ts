@@ -20,6 +20,8 @@ export const GROUP_NORM = 'MinidalleGroupNorm';
 export const GROUP_NORM_GRAD = 'MinidalleGroupNormGrad';
 export const SWISH = 'MinidalleSwish';
 export const SWISH_GRAD = 'MinidalleSwishGrad';
+export const GELU = 'MinidalleGelu';
+export const GELU_GRAD = 'MinidalleGeluGrad';
 
 type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: unknown };
 
@@ -117,28 +119,36 @@ function groupNormGrad(args: KernelArgs & { attrs?: tf.NamedAttrMap }): tf.Tenso
   return [dx, dw, db];
 }
 
-function swish(args: KernelArgs): tf.TensorInfo {
-  const x = args.inputs['x'] as tf.TensorInfo;
-  const k = native(SWISH);
-  const backend = asWasmBackend(args.backend);
-  const y = backend.makeOutput(x.shape, 'float32');
-  const n = tf.util.sizeFromShape(x.shape);
-  if (n > 0) k.unary(heapBuffer(backend), 4, floatOffset(backend, x, SWISH), floatOffset(backend, y, SWISH), n);
-  return y;
+/** y = f(x) by the native unary loop `op` (swish 4, exact GELU 5). */
+function unaryKernel(name: string, op: number): tf.KernelFunc {
+  return ((args: KernelArgs): tf.TensorInfo => {
+    const x = args.inputs['x'] as tf.TensorInfo;
+    const k = native(name);
+    const backend = asWasmBackend(args.backend);
+    const y = backend.makeOutput(x.shape, 'float32');
+    const n = tf.util.sizeFromShape(x.shape);
+    if (n > 0) k.unary(heapBuffer(backend), op, floatOffset(backend, x, name), floatOffset(backend, y, name), n);
+    return y;
+  }) as unknown as tf.KernelFunc;
 }
 
-function swishGrad(args: KernelArgs): tf.TensorInfo {
-  const { x, dy } = args.inputs as Record<'x' | 'dy', tf.TensorInfo>;
-  const k = native(SWISH_GRAD);
-  const backend = asWasmBackend(args.backend);
-  const dx = backend.makeOutput(x.shape, 'float32');
-  const n = tf.util.sizeFromShape(x.shape);
-  const off = (t: tf.TensorInfo) => floatOffset(backend, t, SWISH_GRAD);
-  if (n > 0) k.swishGrad(heapBuffer(backend), off(x), off(dy), off(dx), n);
-  return dx;
+/** dx = dy · f'(x) by the native gradient loop of an activation. */
+function activationGradKernel(name: string, which: 'swishGrad' | 'geluGrad'): tf.KernelFunc {
+  return ((args: KernelArgs): tf.TensorInfo => {
+    const { x, dy } = args.inputs as Record<'x' | 'dy', tf.TensorInfo>;
+    const k = native(name);
+    const backend = asWasmBackend(args.backend);
+    const dx = backend.makeOutput(x.shape, 'float32');
+    const n = tf.util.sizeFromShape(x.shape);
+    const off = (t: tf.TensorInfo) => floatOffset(backend, t, name);
+    if (n > 0) k[which](heapBuffer(backend), off(x), off(dy), off(dx), n);
+    return dx;
+  }) as unknown as tf.KernelFunc;
 }
 
 export const groupNormConfig: tf.KernelConfig = { kernelName: GROUP_NORM, backendName: 'wasm', kernelFunc: groupNorm as unknown as tf.KernelFunc };
 export const groupNormGradConfig: tf.KernelConfig = { kernelName: GROUP_NORM_GRAD, backendName: 'wasm', kernelFunc: groupNormGrad as unknown as tf.KernelFunc };
-export const swishConfig: tf.KernelConfig = { kernelName: SWISH, backendName: 'wasm', kernelFunc: swish as unknown as tf.KernelFunc };
-export const swishGradConfig: tf.KernelConfig = { kernelName: SWISH_GRAD, backendName: 'wasm', kernelFunc: swishGrad as unknown as tf.KernelFunc };
+export const swishConfig: tf.KernelConfig = { kernelName: SWISH, backendName: 'wasm', kernelFunc: unaryKernel(SWISH, 4) };
+export const swishGradConfig: tf.KernelConfig = { kernelName: SWISH_GRAD, backendName: 'wasm', kernelFunc: activationGradKernel(SWISH_GRAD, 'swishGrad') };
+export const geluConfig: tf.KernelConfig = { kernelName: GELU, backendName: 'wasm', kernelFunc: unaryKernel(GELU, 5) };
+export const geluGradConfig: tf.KernelConfig = { kernelName: GELU_GRAD, backendName: 'wasm', kernelFunc: activationGradKernel(GELU_GRAD, 'geluGrad') };

@@ -27,10 +27,12 @@ export interface NativeKernels {
   adamw(heap: ArrayBuffer, pOff: number, mOff: number, vOff: number, gOff: number, pOut: number, mOut: number, vOut: number, n: number, lr: number, b1: number, b2: number, c1: number, c2: number, eps: number, wd: number): void;
   /** dx = dy · d(x·σ(x))/dx. */
   swishGrad(heap: ArrayBuffer, xOff: number, dyOff: number, dxOff: number, n: number): void;
+  /** dx = dy · (Φ(x) + x·φ(x)): the gradient of exact GELU. */
+  geluGrad(heap: ArrayBuffer, xOff: number, dyOff: number, dxOff: number, n: number): void;
   /** NHWC GroupNorm over [b, hw, c]; writes y and the per-(image, group) mean and 1/std. */
   groupNorm(heap: ArrayBuffer, xOff: number, wOff: number, bOff: number, yOff: number, meanOff: number, rstdOff: number, b: number, hw: number, c: number, groups: number, eps: number): void;
   groupNormGrad(heap: ArrayBuffer, xOff: number, wOff: number, meanOff: number, rstdOff: number, dyOff: number, dxOff: number, dwOff: number, dbOff: number, b: number, hw: number, c: number, groups: number): void;
-  /** y = f(x), f by code: tanh 0, exp 1, erf 2, sigmoid 3, swish 4. */
+  /** y = f(x), f by code: tanh 0, exp 1, erf 2, sigmoid 3, swish 4, exact GELU 5. */
   unary(heap: ArrayBuffer, op: number, xOff: number, yOff: number, n: number): void;
   /** y[i] = a[i] ∘ b[i mod bn], ∘ by code: add 0, sub 1, mul 2; bn divides n. */
   binary(heap: ArrayBuffer, op: number, aOff: number, bOff: number, yOff: number, n: number, bn: number): void;
@@ -82,6 +84,9 @@ function addonPath(): string {
 
 const BUILD_HINT = 'build them with `npm run build:native` (needs g++ and libopenblas-dev: apt-get install -y g++ libopenblas-dev)';
 
+/** Every function of the addon, checked at load. */
+const KERNEL_FUNCTIONS: ReadonlyArray<keyof NativeKernels> = ['sgemm', 'sum', 'sparseXent', 'sparseXentGrad', 'adamw', 'swishGrad', 'geluGrad', 'groupNorm', 'groupNormGrad', 'unary', 'binary', 'linear', 'addLayerNorm', 'attendOne', 'setThreads', 'info'];
+
 let loaded: NativeStatus | null = null;
 
 /** Loads the addon once; never throws (the caller decides what absence means). */
@@ -94,6 +99,12 @@ export function loadNativeKernels(): NativeStatus {
   }
   try {
     const kernels = createRequire(import.meta.url)(path) as NativeKernels;
+    // an addon built from older sources lacks the newer kernels: refuse it whole rather than fail mid-run
+    const missing = KERNEL_FUNCTIONS.filter((name) => typeof kernels[name] !== 'function');
+    if (missing.length) {
+      loaded = { available: false, reason: `${path} is out of date (no ${missing.join(', ')}); ${BUILD_HINT}` };
+      return loaded;
+    }
     const { blas, core } = kernels.info();
     loaded = { available: true, kernels, blas, core };
   } catch (err) {

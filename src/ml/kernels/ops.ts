@@ -3,7 +3,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { nativeKernels } from './native.js';
-import { GROUP_NORM, GROUP_NORM_GRAD, SPARSE_XENT, SPARSE_XENT_GRAD, SWISH, SWISH_GRAD } from './fused.js';
+import { GELU, GELU_GRAD, GROUP_NORM, GROUP_NORM_GRAD, SPARSE_XENT, SPARSE_XENT_GRAD, SWISH, SWISH_GRAD } from './fused.js';
 
 /**
  * The same data as `x`, invisible to autodiff: no tape node links the result to `x`, so gradients stop
@@ -95,11 +95,19 @@ export function fusedGroupNorm(x: tf.Tensor4D, weight: tf.Tensor1D, bias: tf.Ten
   return f(x, weight, bias) as tf.Tensor4D;
 }
 
+/** An activation as one native kernel each way (call only when nativeFusionActive()). */
+function fusedActivation(kernel: string, gradKernel: string): (x: tf.Tensor) => tf.Tensor {
+  return tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const x = args[0] as tf.Tensor;
+    const save = args[1] as tf.GradSaveFunc;
+    save([x]);
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor => tf.engine().runKernel(gradKernel, { x: saved[0] as tf.Tensor, dy }, {}) as tf.Tensor;
+    return { value: tf.engine().runKernel(kernel, { x }, {}) as tf.Tensor, gradFunc };
+  }) as unknown as (x: tf.Tensor) => tf.Tensor;
+}
+
 /** swish x·σ(x) as one native kernel each way (call only when nativeFusionActive()). */
-export const fusedSwish: (x: tf.Tensor) => tf.Tensor = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
-  const x = args[0] as tf.Tensor;
-  const save = args[1] as tf.GradSaveFunc;
-  save([x]);
-  const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor => tf.engine().runKernel(SWISH_GRAD, { x: saved[0] as tf.Tensor, dy }, {}) as tf.Tensor;
-  return { value: tf.engine().runKernel(SWISH, { x }, {}) as tf.Tensor, gradFunc };
-}) as unknown as (x: tf.Tensor) => tf.Tensor;
+export const fusedSwish = fusedActivation(SWISH, SWISH_GRAD);
+
+/** Exact GELU x·Φ(x) as one native kernel each way (call only when nativeFusionActive()). */
+export const fusedGelu = fusedActivation(GELU, GELU_GRAD);
