@@ -833,6 +833,40 @@ static napi_value binary(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ---------------------------------------------------------------- dropout mask
+ * dropoutMask(heap, yOff, n, state, threshold, scale): y[i] = scale where (w >> 8) < threshold, else 0, for w the
+ * next word of the xoshiro128** generator in state (a Uint32Array of 4, advanced in place). The same stream and
+ * test as rng.ts's fillUniform and nn.ts's dropout, so both paths draw identical masks. Sequential: the
+ * generator is. */
+static inline uint32_t rotl32(uint32_t x, int k) { return (x << k) | (x >> (32 - k)); }
+
+static napi_value dropout_mask(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  size_t argc = 6;
+  float* heap;
+  int64_t floats, y_off, n;
+  double threshold, scale;
+  napi_typedarray_type type;
+  size_t length;
+  void* data;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 6 || !heap_of(env, argv[0], &heap, &floats) || !int_arg(env, argv[1], &y_off) ||
+      !int_arg(env, argv[2], &n) || napi_get_typedarray_info(env, argv[3], &type, &length, &data, NULL, NULL) != napi_ok || type != napi_uint32_array ||
+      length != 4 || napi_get_value_double(env, argv[4], &threshold) != napi_ok || napi_get_value_double(env, argv[5], &scale) != napi_ok)
+    return fail(env, "dropoutMask", "expected (heap, yOff, n, state: Uint32Array(4), threshold, scale)");
+  if (n <= 0 || !inside(y_off, n, floats)) return fail(env, "dropoutMask", "a tensor lies outside the heap");
+  uint32_t* st = data;
+  uint32_t s0 = st[0], s1 = st[1], s2 = st[2], s3 = st[3];
+  float* y = heap + y_off;
+  const float kept = (float)scale;
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t w = rotl32(s1 * 5u, 7) * 9u, t = s1 << 9;
+    s2 ^= s0, s3 ^= s1, s1 ^= s2, s0 ^= s3, s2 ^= t, s3 = rotl32(s3, 11);
+    y[i] = (double)(w >> 8) < threshold ? kept : 0.0f;
+  }
+  st[0] = s0, st[1] = s1, st[2] = s2, st[3] = s3;
+  return NULL;
+}
+
 /* dx = dy · (σ(x) + x·σ(x)·(1 − σ(x))), the gradient of swish x·σ(x). */
 VECTORISED static void swish_grad_loop(const float* x, const float* dy, float* dx, int64_t n) {
   for (int64_t i = 0; i < n; i++) {
@@ -1362,6 +1396,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"binary", NULL, binary, NULL, NULL, NULL, napi_enumerable, NULL},
       {"swishGrad", NULL, swish_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"geluGrad", NULL, gelu_grad, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"dropoutMask", NULL, dropout_mask, NULL, NULL, NULL, napi_enumerable, NULL},
       {"groupNorm", NULL, group_norm, NULL, NULL, NULL, napi_enumerable, NULL},
       {"groupNormGrad", NULL, group_norm_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"adamw", NULL, adamw, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -13,7 +13,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 // Functional ops only (tf.add(x, y), not x.add(y)): chained methods are not registered when the ESM
 // build of tfjs-core is loaded (as under vitest), so code using them breaks depending on the loader.
-import { fusedGelu, fusedGroupNorm, fusedSwish, nativeFusionActive } from './kernels/ops.js';
+import { fusedDropoutMask, fusedGelu, fusedGroupNorm, fusedSwish, nativeFusionActive } from './kernels/ops.js';
 import type { Params } from './params.js';
 import type { Rng } from './rng.js';
 
@@ -135,6 +135,7 @@ export function dropout(x: tf.Tensor, rate: number, rng: Rng | undefined, traini
   if (rate >= 1) throw new ShapeError('dropout', `rate must be < 1, got ${rate}`);
   if (!rng) throw new ShapeError('dropout', 'training with dropout needs an Rng');
   const keep = 1 - rate;
+  if (nativeFusionActive()) return tf.mul(x, fusedDropoutMask(x.shape, keep, rng)); // the same mask, drawn natively
   const mask = new Float32Array(x.size);
   rng.fillUniform(mask);
   const scale = 1 / keep;

@@ -4,6 +4,7 @@ import { loadNativeKernels, nativeMode, useNativeKernels } from '../../src/ml/ke
 import { AdamW, disposeGrads, type Grads } from '../../src/ml/optim/index.js';
 import * as nn from '../../src/ml/nn.js';
 import { Params } from '../../src/ml/params.js';
+import { Rng } from '../../src/ml/rng.js';
 import { randomTensor, relativeError, runOn } from '../../src/ml/selfcheck.js';
 
 const TOL = 1e-4;
@@ -373,6 +374,24 @@ describe('GroupNorm and swish (fused native kernels on the native path)', () => 
       const x = tf.mul(randomTensor([5, 77], 115), 6);
       return [nn.swish(x), tf.grad((t: tf.Tensor) => tf.sum(tf.mul(nn.swish(t), t)))(x)];
     });
+  });
+
+  it('dropout draws the same mask as on cpu, leaves the Rng where cpu leaves it, and its gradient is the mask', async () => {
+    const rngs = { wasm: new Rng(41), cpu: new Rng(41) };
+    const run = (on: 'wasm' | 'cpu') =>
+      runOn(on, () => {
+        const x = tf.add(randomTensor([6, 5, 37], 121), 2); // no zeros, so a zero is a drop
+        const y = nn.dropout(x, 0.3, rngs[on], true);
+        return [y, tf.grad((t: tf.Tensor) => tf.sum(nn.dropout(t, 0.1, rngs[on], true)))(x)];
+      });
+    const [got, want] = [await run('wasm'), await run('cpu')];
+    expect([...got[0]!.values]).toEqual([...want[0]!.values]);
+    expect([...got[1]!.values]).toEqual([...want[1]!.values]);
+    expect(rngs.wasm.state()).toEqual(rngs.cpu.state());
+    const dropped = want[0]!.values.filter((v) => v === 0).length / want[0]!.values.length;
+    expect(dropped).toBeGreaterThan(0.2);
+    expect(dropped).toBeLessThan(0.4);
+    expect(new Set(want[1]!.values)).toEqual(new Set([0, Math.fround(1 / 0.9)]));
   });
 
   it('exact GELU value and gradient match cpu', async () => {

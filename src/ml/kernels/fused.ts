@@ -7,7 +7,10 @@
  * - One AdamW update per parameter: reads p, m, v, g once and writes p', m', v' (instead of ~12 ops).
  *   Used by optim/adamw.ts.
  * - GroupNorm (NHWC) forward and backward, and swish x·σ(x) with its gradient: the norm + swish pair
- *   of every taming ResnetBlock, ~20 small ops each way otherwise. Used by nn.ts.
+ *   of every taming ResnetBlock, ~20 small ops each way otherwise. Layer norm runs as a one-group GroupNorm.
+ *   Exact GELU with its gradient. Used by nn.ts.
+ * - Dropout masks drawn natively from the Rng's xoshiro128** stream (the same masks as the JS loop, without a
+ *   pass of JS per element and an upload). Used by nn.ts.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { nativeKernels } from './native.js';
@@ -22,8 +25,9 @@ export const SWISH = 'MinidalleSwish';
 export const SWISH_GRAD = 'MinidalleSwishGrad';
 export const GELU = 'MinidalleGelu';
 export const GELU_GRAD = 'MinidalleGeluGrad';
+export const DROPOUT_MASK = 'MinidalleDropoutMask';
 
-type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: unknown };
+type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap };
 
 function native(kernel: string) {
   const k = nativeKernels();
@@ -146,9 +150,21 @@ function activationGradKernel(name: string, which: 'swishGrad' | 'geluGrad'): tf
   }) as unknown as tf.KernelFunc;
 }
 
+/** attrs: shape, threshold (keep · 2^24), scale (1 / keep), state (the Rng's 4 words, advanced in place). */
+function dropoutMask(args: KernelArgs): tf.TensorInfo {
+  const { shape, threshold, scale, state } = args.attrs as unknown as { shape: number[]; threshold: number; scale: number; state: Uint32Array };
+  const k = native(DROPOUT_MASK);
+  const backend = asWasmBackend(args.backend);
+  const y = backend.makeOutput(shape, 'float32');
+  const n = tf.util.sizeFromShape(shape);
+  if (n > 0) k.dropoutMask(heapBuffer(backend), floatOffset(backend, y, DROPOUT_MASK), n, state, threshold, scale);
+  return y;
+}
+
 export const groupNormConfig: tf.KernelConfig = { kernelName: GROUP_NORM, backendName: 'wasm', kernelFunc: groupNorm as unknown as tf.KernelFunc };
 export const groupNormGradConfig: tf.KernelConfig = { kernelName: GROUP_NORM_GRAD, backendName: 'wasm', kernelFunc: groupNormGrad as unknown as tf.KernelFunc };
 export const swishConfig: tf.KernelConfig = { kernelName: SWISH, backendName: 'wasm', kernelFunc: unaryKernel(SWISH, 4) };
 export const swishGradConfig: tf.KernelConfig = { kernelName: SWISH_GRAD, backendName: 'wasm', kernelFunc: activationGradKernel(SWISH_GRAD, 'swishGrad') };
 export const geluConfig: tf.KernelConfig = { kernelName: GELU, backendName: 'wasm', kernelFunc: unaryKernel(GELU, 5) };
+export const dropoutMaskConfig: tf.KernelConfig = { kernelName: DROPOUT_MASK, backendName: 'wasm', kernelFunc: dropoutMask as unknown as tf.KernelFunc };
 export const geluGradConfig: tf.KernelConfig = { kernelName: GELU_GRAD, backendName: 'wasm', kernelFunc: activationGradKernel(GELU_GRAD, 'geluGrad') };

@@ -11,7 +11,7 @@ import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig, conv2DConfig } f
 import { BINARY_KERNELS, binaryConfigs, castConfig, identityConfig, sumConfig, UNARY_KERNELS, unaryConfigs } from './elementwise.js';
 import { addLayerNormConfig, attendOneConfig, decodeLinearConfig } from './decode.js';
 import { unsortedSegmentSumConfig } from './segment-sum.js';
-import { adamwUpdateConfig, geluConfig, geluGradConfig, groupNormConfig, groupNormGradConfig, sparseXentConfig, sparseXentGradConfig, swishConfig, swishGradConfig } from './fused.js';
+import { adamwUpdateConfig, dropoutMaskConfig, geluConfig, geluGradConfig, groupNormConfig, groupNormGradConfig, sparseXentConfig, sparseXentGradConfig, swishConfig, swishGradConfig } from './fused.js';
 import { captureStockKernels } from './wasm-heap.js';
 
 export { fusedGroupNorm, fusedSwish, nativeFusionActive, sparseSoftmaxCrossEntropy, stopGradient, straightThrough, upsampleNearest2x } from './ops.js';
@@ -37,6 +37,7 @@ export const WASM_KERNELS: readonly tf.KernelConfig[] = [
   swishGradConfig,
   geluConfig,
   geluGradConfig,
+  dropoutMaskConfig,
   decodeLinearConfig,
   addLayerNormConfig,
   attendOneConfig,

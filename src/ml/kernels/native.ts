@@ -29,6 +29,8 @@ export interface NativeKernels {
   swishGrad(heap: ArrayBuffer, xOff: number, dyOff: number, dxOff: number, n: number): void;
   /** dx = dy · (Φ(x) + x·φ(x)): the gradient of exact GELU. */
   geluGrad(heap: ArrayBuffer, xOff: number, dyOff: number, dxOff: number, n: number): void;
+  /** y[i] = scale where (next xoshiro128** word of state >> 8) < threshold, else 0; state (4 words) advances in place. */
+  dropoutMask(heap: ArrayBuffer, yOff: number, n: number, state: Uint32Array, threshold: number, scale: number): void;
   /** NHWC GroupNorm over [b, hw, c]; writes y and the per-(image, group) mean and 1/std. */
   groupNorm(heap: ArrayBuffer, xOff: number, wOff: number, bOff: number, yOff: number, meanOff: number, rstdOff: number, b: number, hw: number, c: number, groups: number, eps: number): void;
   groupNormGrad(heap: ArrayBuffer, xOff: number, wOff: number, meanOff: number, rstdOff: number, dyOff: number, dxOff: number, dwOff: number, dbOff: number, b: number, hw: number, c: number, groups: number): void;
@@ -85,7 +87,7 @@ function addonPath(): string {
 const BUILD_HINT = 'build them with `npm run build:native` (needs g++ and libopenblas-dev: apt-get install -y g++ libopenblas-dev)';
 
 /** Every function of the addon, checked at load. */
-const KERNEL_FUNCTIONS: ReadonlyArray<keyof NativeKernels> = ['sgemm', 'sum', 'sparseXent', 'sparseXentGrad', 'adamw', 'swishGrad', 'geluGrad', 'groupNorm', 'groupNormGrad', 'unary', 'binary', 'linear', 'addLayerNorm', 'attendOne', 'setThreads', 'info'];
+const KERNEL_FUNCTIONS: ReadonlyArray<keyof NativeKernels> = ['sgemm', 'sum', 'sparseXent', 'sparseXentGrad', 'adamw', 'swishGrad', 'geluGrad', 'dropoutMask', 'groupNorm', 'groupNormGrad', 'unary', 'binary', 'linear', 'addLayerNorm', 'attendOne', 'setThreads', 'info'];
 
 let loaded: NativeStatus | null = null;
 

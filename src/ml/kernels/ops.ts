@@ -2,8 +2,9 @@
  * Ops whose stock tfjs versions are missing or wrong for training; backend independent.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import type { Rng } from '../rng.js';
 import { nativeKernels } from './native.js';
-import { GELU, GELU_GRAD, GROUP_NORM, GROUP_NORM_GRAD, SPARSE_XENT, SPARSE_XENT_GRAD, SWISH, SWISH_GRAD } from './fused.js';
+import { DROPOUT_MASK, GELU, GELU_GRAD, GROUP_NORM, GROUP_NORM_GRAD, SPARSE_XENT, SPARSE_XENT_GRAD, SWISH, SWISH_GRAD } from './fused.js';
 
 /**
  * The same data as `x`, invisible to autodiff: no tape node links the result to `x`, so gradients stop
@@ -111,3 +112,15 @@ export const fusedSwish = fusedActivation(SWISH, SWISH_GRAD);
 
 /** Exact GELU x·Φ(x) as one native kernel each way (call only when nativeFusionActive()). */
 export const fusedGelu = fusedActivation(GELU, GELU_GRAD);
+
+/**
+ * The inverted-dropout mask of `shape` (keep → 1/keep, drop → 0) drawn natively from `rng`, which advances as
+ * if the JS loop had drawn it (call only when nativeFusionActive()).
+ */
+export function fusedDropoutMask(shape: number[], keep: number, rng: Rng): tf.Tensor {
+  const state = rng.state();
+  const words = Uint32Array.from(state.s);
+  const mask = tf.engine().runKernel(DROPOUT_MASK, {}, { shape, threshold: keep * 16777216, scale: 1 / keep, state: words } as unknown as tf.NamedAttrMap) as tf.Tensor;
+  rng.restore({ ...state, s: [words[0] as number, words[1] as number, words[2] as number, words[3] as number] });
+  return mask;
+}
