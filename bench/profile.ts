@@ -1,6 +1,6 @@
 /**
  * Where a training step of a reference workload spends its time, per kernel (tf.profile):
- *   node dist/bench/profile.js bart|vq|vqgan [steps] [key=value model overrides, e.g. ch=12 ch_mult=1,2,4 batch=8]
+ *   node dist/bench/profile.js bart|vq|vqgan|seq2seq [steps] [key=value model overrides, e.g. ch=12 ch_mult=1,2,4 batch=8]
  *   node dist/bench/profile.js generate [codes] [batch=1 condScale=1]   (greedy generateCodes, bench/generate.ts's model)
  * Prints kernels by total ms, with call counts; for finding what to optimise next, not a benchmark.
  */
@@ -27,6 +27,28 @@ function vqganShapes(overrides: Record<string, number | number[] | boolean>): Wo
   return { name: 'vqgan-shapes', forwardFlops: 0, params: vq.params, loss, dispose: () => { vq.params.dispose(); x.dispose(); } };
 }
 
+/**
+ * The seq2seq-train step of experiments/quickstart.yaml: a DalleBart of d 128, 2 + 2 layers, GLU 256, dropout 0.1,
+ * 24 text tokens → 64 codes of 256, batch 32, with dropout drawn as in training. Overridable from argv
+ * (d_model=…, dropout=0, batch=64).
+ */
+function seq2seqShapes(overrides: Record<string, number | number[] | boolean>): Workload {
+  const { batch = 32, ...model } = overrides as { batch?: number } & Record<string, number | boolean>;
+  const d = (model['d_model'] as number | undefined) ?? 128;
+  const m = DalleBart.create({
+    model_type: 'dallebart', vocab_size: 424, d_model: d, encoder_layers: 2, decoder_layers: 2, encoder_attention_heads: 4, decoder_attention_heads: 4,
+    encoder_ffn_dim: 2 * d, decoder_ffn_dim: 2 * d, use_glu: true, use_bias: false, ln_positions: 'preln', use_final_ln_encoder: true, use_final_ln_decoder: true,
+    max_text_length: 24, image_vocab_size: 256, image_length: 64, dropout: 0.1, ...model,
+  }, 0);
+  const L = m.config.max_text_length;
+  const T = m.config.image_length;
+  const ids = tf.tensor2d(Int32Array.from({ length: batch * L }, (_, i) => 3 + ((i * 7919) % 400)), [batch, L], 'int32');
+  const mask = tf.ones([batch, L], 'int32') as tf.Tensor2D;
+  const codes = tf.tensor2d(Int32Array.from({ length: batch * T }, (_, i) => (i * 104729) % 256), [batch, T], 'int32');
+  const rng = new Rng(1);
+  return { name: 'seq2seq-shapes', forwardFlops: 0, params: m.params, loss: () => m.loss(ids, mask, codes, { training: true, rng }), dispose: () => { m.dispose(); tf.dispose([ids, mask, codes]); } };
+}
+
 async function main(): Promise<void> {
   const which = process.argv[2] ?? 'bart';
   const steps = Number(process.argv[3] ?? 2);
@@ -36,7 +58,7 @@ async function main(): Promise<void> {
   const parse = (k: string, v: string): number | number[] | boolean => (v === 'true' || v === 'false' ? v === 'true' : v.includes(',') || lists.has(k) ? v.split(',').filter(Boolean).map(Number) : Number(v));
   const overrides = Object.fromEntries(process.argv.slice(4).map((kv) => { const [k = '', v = ''] = kv.split('='); return [k, parse(k, v)]; }));
   if (which === 'generate') return profileGenerate(steps === 2 ? 64 : steps, overrides as Record<string, number>);
-  const w = which === 'vq' ? vqAutoencoder() : which === 'vqgan' ? vqganShapes(overrides) : bart();
+  const w = which === 'vq' ? vqAutoencoder() : which === 'vqgan' ? vqganShapes(overrides) : which === 'seq2seq' ? seq2seqShapes(overrides) : bart();
   const opt = new AdamW({ learningRate: 1e-4, weightDecay: 0 });
   const step = (): void => void trainStep(w, opt);
   step(); // warm-up: XNNPACK packing, heap growth

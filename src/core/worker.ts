@@ -5,7 +5,8 @@
  */
 import { isAbsolute, relative, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
-import { encodeEvent, EXIT, type StageSpec, type WorkerEvent } from './executors/protocol.js';
+import { encodeEvent, EXIT, type OrchestratorMessage, type StageSpec, type WorkerEvent } from './executors/protocol.js';
+import { setThreadShare } from './threads.js';
 import { loadPlugins } from './plugins/registry.js';
 import { createStageContext, notify, type Observer } from './context.js';
 import type { Logger } from './plugins/types.js';
@@ -17,14 +18,39 @@ function emit(e: WorkerEvent): void {
   process.stdout.write(encodeEvent(e));
 }
 
+/** A message line from the orchestrator (executors/protocol.ts), after the spec. */
+function onMessage(line: string, state: { threads?: number }): void {
+  let m: OrchestratorMessage;
+  try {
+    m = JSON.parse(line) as OrchestratorMessage;
+  } catch {
+    process.stderr.write(`warning: ignoring a line from the orchestrator that is not a message: ${line.slice(0, 80)}\n`);
+    return;
+  }
+  if (m.type !== 'threads' || m.threads === state.threads) return;
+  // the first share is the one compute starts with (its start-up line says so); later ones are news
+  if (state.threads !== undefined) process.stdout.write(`compute: now ${m.threads} thread${m.threads === 1 ? '' : 's'} (${m.stages} local stage${m.stages === 1 ? '' : 's'} running)\n`);
+  state.threads = m.threads;
+  setThreadShare(m.threads);
+}
+
 async function readSpec(): Promise<{ spec: StageSpec; stdinClosed: Promise<void> }> {
   const rl = createInterface({ input: process.stdin });
-  const first = await new Promise<string>((res, rej) => {
-    rl.once('line', res);
+  // one listener from the start: the spec and the first messages may arrive in one chunk
+  const state: { threads?: number } = {};
+  let spec: ((line: string) => void) | undefined;
+  const first = new Promise<string>((res, rej) => {
+    spec = res;
     rl.once('close', () => rej(new Error('no stage spec on stdin: `minidalle worker` is started by `minidalle run`, not by hand')));
   });
+  rl.on('line', (line) => {
+    if (spec) {
+      spec(line);
+      spec = undefined;
+    } else onMessage(line, state);
+  });
   const stdinClosed = new Promise<void>((res) => rl.once('close', () => res()));
-  return { spec: JSON.parse(first) as StageSpec, stdinClosed };
+  return { spec: JSON.parse(await first) as StageSpec, stdinClosed };
 }
 
 export async function runWorker(): Promise<number> {

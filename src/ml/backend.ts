@@ -12,6 +12,7 @@ import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { registerCoreGradients } from './kernels/gradients.js';
 import { installCpuKernels, installGradientFixes, installWasmKernels } from './kernels/index.js';
+import { onThreadShare } from '../core/threads.js';
 import { loadNativeKernels, nativeMode, useNativeKernels } from './kernels/native.js';
 
 export { tf };
@@ -187,6 +188,14 @@ async function init(options: ComputeOptions): Promise<ComputeInfo> {
   }
   const info: ComputeInfo = { backend, threads: native?.active ? native.threads : 1, version: tf.version_core, kernels };
   if (native) info.native = native;
+  // an orchestrator that runs stages side by side hands out shares of the cores (core/threads.ts)
+  if (native?.active && options.threads === undefined) {
+    onThreadShare((n) => {
+      useNativeKernels(true, n);
+      native.threads = n;
+      info.threads = n;
+    });
+  }
   return info;
 }
 

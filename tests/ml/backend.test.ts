@@ -3,6 +3,7 @@ import { availableParallelism } from 'node:os';
 import { ComputeBackendError, computeInfo, describeCompute, initCompute, tf } from '../../src/ml/backend.js';
 import { CPU_KERNELS } from '../../src/ml/kernels/index.js';
 import { loadNativeKernels } from '../../src/ml/kernels/native.js';
+import { setThreadShare } from '../../src/core/threads.js';
 import { KernelSelfCheckError, selfCheck } from '../../src/ml/selfcheck.js';
 
 // One process per test file (vitest forks), so the order below is the life of one process.
@@ -30,7 +31,7 @@ describe('initCompute', () => {
     expect(info.kernels).toEqual([
       'Conv2D', 'Conv2DBackpropFilter', 'Conv2DBackpropInput', 'UnsortedSegmentSum', 'BatchMatMul', 'Identity', 'Cast', 'Sum',
       'Tanh', 'Exp', 'Erf', 'Sigmoid', 'Add', 'Sub', 'Multiply', 'MinidalleSparseXent', 'MinidalleSparseXentGrad', 'MinidalleAdamW',
-      'MinidalleGroupNorm', 'MinidalleGroupNormGrad', 'MinidalleSwish', 'MinidalleSwishGrad', 'MinidalleDecodeLinear', 'MinidalleAddLayerNorm', 'MinidalleAttendOne',
+      'MinidalleGroupNorm', 'MinidalleGroupNormGrad', 'MinidalleSwish', 'MinidalleSwishGrad', 'MinidalleGelu', 'MinidalleGeluGrad', 'MinidalleDropoutMask', 'MinidalleDecodeLinear', 'MinidalleAddLayerNorm', 'MinidalleAttendOne',
     ]);
     // The native kernels are used when built; CI builds them and sets MINIDALLE_NATIVE=require.
     const native = loadNativeKernels();
@@ -38,6 +39,15 @@ describe('initCompute', () => {
       expect(info.native).toMatchObject({ active: true, blas: native.blas, threads: availableParallelism() });
       expect(info.threads).toBe(availableParallelism());
       expect(describeCompute(info)).toMatch(/^wasm \+ native OpenBLAS [\d.]+ \(.+, \d+ threads?\)$/);
+      // a share of the cores handed out by the orchestrator (core/threads.ts) applies at once
+      const userThreads = process.env['MINIDALLE_THREADS'];
+      setThreadShare(1);
+      expect(info.threads).toBe(1);
+      expect(native.kernels.info().threads).toBe(1);
+      setThreadShare(availableParallelism());
+      expect(native.kernels.info().threads).toBe(availableParallelism());
+      if (userThreads === undefined) delete process.env['MINIDALLE_THREADS'];
+      else process.env['MINIDALLE_THREADS'] = userThreads;
     } else {
       expect(info).toMatchObject({ threads: 1, native: { active: false, reason: native.reason } });
       expect(describeCompute(info)).toMatch(/native kernels not in use: not built/);

@@ -1,9 +1,11 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { MinidalleError } from '../errors.js';
-import { decodeEvent, type StageSpec } from './protocol.js';
+import { threadShares } from '../threads.js';
+import { decodeEvent, encodeMessage, type StageSpec } from './protocol.js';
 import type { Executor, StageIO, StageProcess } from './types.js';
 
 /** The minidalle package's folder (the one holding package.json, src/ and dist/). */
@@ -19,7 +21,20 @@ export function workerEntry(): string {
   return entry;
 }
 
-/** Runs each stage in a child process on this machine. */
+/** The local workers of this orchestrator process, oldest first. */
+const live: ChildProcess[] = [];
+
+/**
+ * Tells every local worker its share of the cores (threads.ts), unless the user fixed MINIDALLE_THREADS. The
+ * shares change as stages start and end, so a stage running alone gets every core again.
+ */
+function shareCores(): void {
+  if (process.env['MINIDALLE_THREADS']) return;
+  const shares = threadShares(availableParallelism(), live.length);
+  live.forEach((child, i) => child.stdin?.write(encodeMessage({ type: 'threads', threads: shares[i] as number, stages: live.length })));
+}
+
+/** Runs each stage in a child process on this machine; stages running at once share the cores. */
 export class LocalExecutor implements Executor {
   readonly host = 'local';
 
@@ -30,6 +45,8 @@ export class LocalExecutor implements Executor {
     const child = spawn(process.execPath, [workerEntry(), 'worker'], { stdio: ['pipe', 'pipe', 'pipe'], env: process.env, detached: true });
     child.stdin.on('error', () => {}); // the worker may exit before reading everything; its exit code tells why
     child.stdin.write(`${JSON.stringify(spec)}\n`);
+    live.push(child);
+    shareCores();
     createInterface({ input: child.stdout }).on('line', (line) => {
       const event = decodeEvent(line);
       if (event) io.onEvent(event);
@@ -37,8 +54,16 @@ export class LocalExecutor implements Executor {
     });
     createInterface({ input: child.stderr }).on('line', (line) => io.onOutput(line, 'stderr'));
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => {
-      child.once('close', (code, signal) => res({ code, signal }));
+      const forget = (): void => {
+        if (live.includes(child)) live.splice(live.indexOf(child), 1);
+        shareCores();
+      };
+      child.once('close', (code, signal) => {
+        forget();
+        res({ code, signal });
+      });
       child.once('error', (err) => {
+        forget();
         io.onOutput(`cannot start the worker: ${err.message}`, 'stderr');
         res({ code: 1, signal: null });
       });

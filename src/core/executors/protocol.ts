@@ -1,6 +1,7 @@
 /**
  * The worker protocol: the orchestrator starts `minidalle worker`, writes one StageSpec JSON line to its stdin
- * and keeps stdin open (its end means the orchestrator is gone: the worker stops gracefully). The worker writes
+ * and keeps stdin open (its end means the orchestrator is gone: the worker stops gracefully); later lines are
+ * OrchestratorMessages (a local worker's share of the cores). The worker writes
  * events to stdout as lines starting with EVENT_MARK; every other stdout/stderr line is the stage's output.
  * Secrets travel only in the spec on stdin (and the environment), never through a file.
  */
@@ -26,6 +27,13 @@ export interface StageSpec {
    * orchestrator's secrets (on stdin, like the rest of the spec) and its host's `env`.
    */
   env?: Record<string, string>;
+}
+
+/** What the orchestrator may write to a worker's stdin after the spec, one JSON line each. */
+export type OrchestratorMessage = { type: 'threads'; threads: number; stages: number };
+
+export function encodeMessage(m: OrchestratorMessage): string {
+  return `${JSON.stringify(m)}\n`;
 }
 
 export type WorkerEvent =
