@@ -56,6 +56,8 @@ export interface ReportRun {
 export interface ReportEnvironment {
   engine?: string;
   threads?: number;
+  /** The orchestrating machine's cores, which its local stages share (pipelines since session 7). */
+  cores?: number;
   native?: string;
   commit?: string;
   branch?: string;
@@ -299,7 +301,7 @@ function sweepTable(record: SweepRecord, ranked: SweepResults): ReportSweep {
 }
 
 function environmentOf(pipeline: RunRecord | undefined, runs: RunRecord[]): ReportEnvironment {
-  type Meta = { git?: { commit?: string; branch?: string; dirty?: boolean }; versions?: Record<string, string>; backend?: { backend?: string; threads?: number; native?: { active?: boolean; blas?: string; threads?: number } } };
+  type Meta = { git?: { commit?: string; branch?: string; dirty?: boolean }; versions?: Record<string, string>; cores?: number; backend?: { backend?: string; threads?: number; native?: { active?: boolean; blas?: string; threads?: number } } };
   const metas = [pipeline, ...runs].filter((r): r is RunRecord => r !== undefined).map((r) => r.meta as Meta);
   const git = metas.find((m) => m.git?.commit)?.git;
   const backend = metas.find((m) => m.backend?.backend)?.backend;
@@ -308,6 +310,7 @@ function environmentOf(pipeline: RunRecord | undefined, runs: RunRecord[]): Repo
   return {
     ...(backend?.backend ? { engine: backend.backend } : {}),
     ...(typeof backend?.threads === 'number' ? { threads: backend.threads } : {}),
+    ...(typeof pipeline?.meta?.['cores'] === 'number' ? { cores: pipeline.meta['cores'] as number } : {}),
     ...(native ? { native } : {}),
     ...(git?.commit ? { commit: git.commit } : {}),
     ...(git?.branch ? { branch: git.branch } : {}),

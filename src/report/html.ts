@@ -142,7 +142,7 @@ function runSection(r: ReportRun): string {
 function environmentTable(data: ReportData): string {
   const e = data.environment;
   const rows: [string, string][] = [];
-  if (e.engine) rows.push(['compute engine', `${e.engine}${e.threads ? ` (${e.threads} threads)` : ''}`]);
+  if (e.engine) rows.push(['compute engine', `${e.engine}${computeSize(e)}`]);
   if (e.native) rows.push(['native kernels', e.native]);
   if (e.commit) rows.push(['commit', `${e.commit}${e.branch ? ` (${e.branch})` : ''}${e.dirty ? ', with uncommitted changes (git.diff in the run dir)' : ''}`]);
   rows.push(['hosts', e.hosts.join(', ') || '-']);
@@ -185,4 +185,10 @@ ${body.join('\n')}
 <script>${readWebAsset('report.js').replace(/<\/script/gi, '<\\/script')}</script>
 </body></html>
 `;
+}
+
+/** " (2 cores, shared by the stages running at once)", or a stage's own " (2 threads)". */
+export function computeSize(e: { threads?: number; cores?: number }): string {
+  if (e.cores) return ` (${e.cores} core${e.cores === 1 ? '' : 's'}, shared by the stages running at once)`;
+  return e.threads ? ` (${e.threads} thread${e.threads === 1 ? '' : 's'})` : '';
 }

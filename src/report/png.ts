@@ -65,7 +65,7 @@ export function summarySvg(data: ReportData): string {
   const p = data.pipeline?.record;
   parts.push(`<text x="${PAD}" y="${y + 14}" ${FONT} font-size="22" font-weight="bold">${x(clip(data.title, 70))}</text>`);
   y += 26;
-  const sub = p ? `pipeline ${p.id} · ${p.status}${data.pipeline?.seconds === undefined ? '' : ` · ${formatDuration(data.pipeline.seconds)}`} · ${data.environment.engine ?? ''}${data.environment.threads ? ` ${data.environment.threads} threads` : ''}${data.environment.commit ? ` · commit ${data.environment.commit.slice(0, 10)}` : ''}` : `${data.runs.length} run(s)`;
+  const sub = p ? `pipeline ${p.id} · ${p.status}${data.pipeline?.seconds === undefined ? '' : ` · ${formatDuration(data.pipeline.seconds)}`} · ${data.environment.engine ?? ''}${data.environment.cores ? ` · ${data.environment.cores} cores` : data.environment.threads ? ` ${data.environment.threads} thread${data.environment.threads === 1 ? '' : 's'}` : ''}${data.environment.commit ? ` · commit ${data.environment.commit.slice(0, 10)}` : ''}` : `${data.runs.length} run(s)`;
   parts.push(`<text x="${PAD}" y="${y + 12}" ${FONT} font-size="12" fill="#667085">${x(sub)}</text>`);
   y += 28;
   // stages

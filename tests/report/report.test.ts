@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RunStore, type RunHandle } from '../../src/core/runs/index.js';
 import { collectReport } from '../../src/report/collect.js';
 import { chartGroup, chartsOf, parseHistory } from '../../src/report/history.js';
-import { renderReportHtml } from '../../src/report/html.js';
+import { computeSize, renderReportHtml } from '../../src/report/html.js';
 import { summarySvg } from '../../src/report/png.js';
 import { PALETTE } from '../../src/report/chart-spec.js';
 import { chartsWithSeriesPixels, imageSizes, inPage, launchChromium, type BrowserSession } from '../support/browser.js';
@@ -49,7 +49,7 @@ beforeAll(async () => {
   const dataId = await stage('data', 'shapes-data', old.id, { count: 64 }, async (r) => r.summary({ train_count: 64, heldout_count: 16 }));
   await old.finish('finished', { meta: { stages: { data: { status: 'finished', run: dataId } } } });
 
-  const p = await store.create({ name: 'exp', kind: 'pipeline', experiment: 'exp.yaml', meta: { git: { commit: 'abc123def4567890', branch: 'main', dirty: true } } }, { name: 'exp' });
+  const p = await store.create({ name: 'exp', kind: 'pipeline', experiment: 'exp.yaml', meta: { git: { commit: 'abc123def4567890', branch: 'main', dirty: true }, cores: 2 } }, { name: 'exp' });
   pipelineId = p.id;
   const vqganId = await stage('vqgan', 'vqgan-finetune', p.id, { steps: 300, wandb_api_key: 'key-in-stage-config-7' }, async (r) => {
     r.defineMetric('eval/psnr', { goal: 'maximize', primary: true });
@@ -108,6 +108,15 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+describe('the compute line', () => {
+  it("names the pipeline machine's cores, shared by its stages, else a stage's own threads", () => {
+    expect(computeSize({ cores: 2, threads: 1 })).toBe(' (2 cores, shared by the stages running at once)');
+    expect(computeSize({ threads: 1 })).toBe(' (1 thread)');
+    expect(computeSize({ threads: 4 })).toBe(' (4 threads)');
+    expect(computeSize({})).toBe('');
+  });
+});
+
 describe('history → charts', () => {
   it('groups metrics: train/eval of one name together, a/b/c by a/b, per-parameter norms by prefix', () => {
     expect(chartGroup('train/loss')).toBe('loss');
@@ -136,7 +145,7 @@ describe('minidalle report', () => {
     expect(html).toContain('&lt;redacted&gt;');
     expect(html).toContain('Content-Security-Policy');
     expect(html).not.toMatch(/(src|href)="https?:/);
-    for (const text of ['Stages', 'vqgan-finetune', 'seq2seq-train', 'clip-eval', 'reused', 'eval/psnr', 'eval/attr_acc', 'clip/score_mean', 'heldout/recall_at_1', 'abc123def4567890', 'wasm (2 threads)', 'a blue star &lt;b&gt;', '../../../../etc/passwd.png (not embedded)']) {
+    for (const text of ['Stages', 'vqgan-finetune', 'seq2seq-train', 'clip-eval', 'reused', 'eval/psnr', 'eval/attr_acc', 'clip/score_mean', 'heldout/recall_at_1', 'abc123def4567890', 'wasm (2 cores, shared by the stages running at once)', 'a blue star &lt;b&gt;', '../../../../etc/passwd.png (not embedded)']) {
       expect(html, text).toContain(text);
     }
 

@@ -1,5 +1,6 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { readFile, rename, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import type { LoadedExperiment, StageConfig } from '../config/experiment.js';
 import type { ProjectConfig } from '../config/project.js';
@@ -179,6 +180,7 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
   const commonMeta = {
     git: git && { commit: git.commit, branch: git.branch, dirty: git.dirty, diff: git.diff ? 'git.diff' : undefined },
     versions: versions(),
+    cores: availableParallelism(), // local stages running at once share them (core/threads.ts)
     tags: exp.tracking.tags,
     notes: exp.tracking.notes,
     ...options.meta,
