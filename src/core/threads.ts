@@ -19,8 +19,7 @@ export function setThreadShare(threads: number): void {
   for (const listener of listeners) listener(threads);
 }
 
-/** Calls `listener` on every later change of the share; returns the unsubscribe. */
-export function onThreadShare(listener: Listener): () => void {
+/** Calls `listener` on every later change of the share. */
+export function onThreadShare(listener: Listener): void {
   listeners.add(listener);
-  return () => listeners.delete(listener);
 }

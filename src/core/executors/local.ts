@@ -55,7 +55,9 @@ export class LocalExecutor implements Executor {
     createInterface({ input: child.stderr }).on('line', (line) => io.onOutput(line, 'stderr'));
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => {
       const forget = (): void => {
-        if (live.includes(child)) live.splice(live.indexOf(child), 1);
+        const at = live.indexOf(child);
+        if (at < 0) return; // 'error' and 'close' may both come
+        live.splice(at, 1);
         shareCores();
       };
       child.once('close', (code, signal) => {
