@@ -17,6 +17,11 @@
  * convolutions of a small model are many skinny GEMMs (N = 12…48 output channels) that OpenBLAS's own
  * threading cannot speed up, but whole row ranges of a conv, im2col included, split cleanly; and one pool
  * for every kernel means no second set of threads spinning against ours on a small machine.
+ *
+ * Same bits at any thread count: a stage's share of the cores changes as its neighbours start and end
+ * (core/threads.ts), so no result may depend on how a job was split. Parts therefore take whole chunks whose
+ * bounds follow from the shape alone (REDUCE_CHUNKS for sums over a split axis, the im2col chunk for convs),
+ * every sgemm call has a shape fixed by the job, and partial sums are added in chunk order.
  */
 #define NAPI_VERSION 8
 #include <node_api.h>
@@ -57,6 +62,31 @@ static int reserve_scratch(int threads, int64_t floats) {
     scratch_floats[t] = floats;
   }
   return 1;
+}
+
+/* A reduction split along its summed axis goes in this many chunks, fixed by the shape (never by the
+ * thread count, so the rounding is the same with any number of threads): enough for the parts of a
+ * small machine to balance, few enough that the partials stay small. */
+#define REDUCE_CHUNKS 16
+
+/* The chunks' partial results, grown on demand and kept (as scratch, from the JS thread only). */
+static float* partials;
+static int64_t partials_floats;
+
+static float* reserve_partials(int64_t floats) {
+  if (floats > partials_floats) {
+    float* grown = realloc(partials, (size_t)floats * sizeof(float));
+    if (grown == NULL) return NULL;
+    partials = grown;
+    partials_floats = floats;
+  }
+  return partials;
+}
+
+/* How many chunks of at least `min_per_chunk` units split `units` (1 … REDUCE_CHUNKS). */
+static int64_t reduce_chunks(int64_t units, int64_t min_per_chunk) {
+  int64_t c = units / min_per_chunk;
+  return c < 1 ? 1 : c > REDUCE_CHUNKS ? REDUCE_CHUNKS : c;
 }
 
 #define CHECK(call)                                                                      \
@@ -276,22 +306,38 @@ static void gemm_block(const GemmJob* j, int64_t i, int64_t r0, int64_t r1, int6
               (int)lda, b, (int)ldb, 0.0f, j->c + i * j->m * j->n + r0 * j->n + c0, (int)j->n);
 }
 
-/* A part is a slice of the batch's rows taken together (so a batch of many small products splits as
- * well as one tall product), or, when there are too few rows, a slice of every product's columns. */
+/* Products with fewer rows than this (a decoding step's) split by columns: each block then reads only its
+ * slice of the (wide) weight, where a row split would have every part read all of it. */
+#define FEW_ROWS ((int64_t)128)
+
+/* The job's blocks, fixed by its shape: about REDUCE_CHUNKS slices of the batch's rows taken together (so a
+ * batch of many small products splits as well as one tall product), or, with few rows, of every product's
+ * columns (multiples of 16: no cache line of C is written by two threads). Block `b` is one sgemm per
+ * product it touches, whatever part runs it. */
+static int64_t gemm_unit(const GemmJob* j, int* by_rows) {
+  const int64_t rows = j->batch * j->m;
+  *by_rows = rows >= FEW_ROWS;
+  if (*by_rows) return (rows + REDUCE_CHUNKS - 1) / REDUCE_CHUNKS;
+  int64_t cols = (j->n + REDUCE_CHUNKS - 1) / REDUCE_CHUNKS;
+  return (cols + 15) / 16 * 16;
+}
+
 static void sgemm_part(void* arg, int part, int parts) {
   const GemmJob* j = arg;
-  if (j->batch * j->m >= 8 * (int64_t)parts || parts == 1) {
-    int64_t r0, r1;
-    part_range(j->batch * j->m, part, parts, 1, &r0, &r1);
-    for (int64_t i = r0 / j->m; i * j->m < r1; i++) {
-      int64_t lo = r0 > i * j->m ? r0 - i * j->m : 0, hi = r1 < (i + 1) * j->m ? r1 - i * j->m : j->m;
+  int by_rows;
+  const int64_t unit = gemm_unit(j, &by_rows), total = by_rows ? j->batch * j->m : j->n;
+  int64_t r0, r1;
+  part_range(total, part, parts, unit, &r0, &r1);
+  for (int64_t b0 = r0; b0 < r1; b0 += unit) {
+    const int64_t b1 = b0 + unit < r1 ? b0 + unit : r1;
+    if (!by_rows) {
+      for (int64_t i = 0; i < j->batch; i++) gemm_block(j, i, 0, j->m, b0, b1);
+      continue;
+    }
+    for (int64_t i = b0 / j->m; i * j->m < b1; i++) {
+      int64_t lo = b0 > i * j->m ? b0 - i * j->m : 0, hi = b1 < (i + 1) * j->m ? b1 - i * j->m : j->m;
       if (hi > lo) gemm_block(j, i, lo, hi, 0, j->n);
     }
-  } else {
-    int64_t c0, c1;
-    part_range(j->n, part, parts, 16, &c0, &c1);
-    if (c1 > c0)
-      for (int64_t i = 0; i < j->batch; i++) gemm_block(j, i, 0, j->m, c0, c1);
   }
 }
 
@@ -375,11 +421,13 @@ static int is_pointwise(const Geometry* g) {
   return g->fh == 1 && g->fw == 1 && g->sh == 1 && g->sw == 1 && g->pt == 0 && g->pl == 0 && g->oh == g->h && g->ow == g->w;
 }
 
-/* Rows per im2col chunk (see CHUNK_FLOATS). */
+/* Rows per im2col chunk: about REDUCE_CHUNKS chunks in all, so that the parts balance (they take whole
+ * chunks), but no more than CHUNK_FLOATS of im2col and no fewer than MIN_CHUNK_ROWS rows. */
 static int64_t chunk_rows(const Geometry* g) {
   int64_t k = g->fh * g->fw * g->ci;
-  int64_t rows = CHUNK_FLOATS / k;
   int64_t total = g->n * g->oh * g->ow;
+  int64_t rows = (total + REDUCE_CHUNKS - 1) / REDUCE_CHUNKS;
+  if (rows > CHUNK_FLOATS / k) rows = CHUNK_FLOATS / k;
   if (rows < MIN_CHUNK_ROWS) rows = MIN_CHUNK_ROWS;
   return rows < total ? rows : total;
 }
@@ -428,11 +476,10 @@ typedef struct {
   int64_t step;   /* rows per im2col chunk */
 } ConvJob;
 
-/* Scratch per thread: one im2col chunk, and for the filter gradient a partial df [K, co] behind it. */
-static int reserve_conv_scratch(ConvJob* j, int partial_df) {
+/* Scratch per thread: one im2col chunk. */
+static int reserve_conv_scratch(ConvJob* j) {
   j->step = chunk_rows(&j->g);
-  int64_t k = j->g.fh * j->g.fw * j->g.ci;
-  return reserve_scratch(pool.size, j->step * k + (partial_df ? k * j->g.co : 0));
+  return reserve_scratch(pool.size, j->step * j->g.fh * j->g.fw * j->g.ci);
 }
 
 /* Rows [c0, c1) of x's im2col matrix: x itself when the conv is pointwise, else built in the part's scratch. */
@@ -442,62 +489,71 @@ static const float* col_rows(const ConvJob* j, int part, int64_t c0, int64_t c1)
   return scratch[part];
 }
 
-/* y[rows, co] = col[rows, K] · f[K, co], for this part's rows, chunk by chunk (x itself is col when pointwise). */
+/* y[rows, co] = col[rows, K] · f[K, co], for this part's chunks of rows (chunks of step rows from row 0). */
 static void conv2d_part(void* arg, int part, int parts) {
   const ConvJob* j = arg;
   const Geometry* g = &j->g;
   const int64_t k = g->fh * g->fw * g->ci;
   int64_t r0, r1;
-  part_range(g->n * g->oh * g->ow, part, parts, 1, &r0, &r1);
-  const int64_t step = is_pointwise(g) ? r1 - r0 : j->step; /* pointwise: x is col, no chunks needed */
-  for (int64_t c0 = r0; c0 < r1; c0 += step) {
-    int64_t c1 = c0 + step < r1 ? c0 + step : r1;
+  part_range(g->n * g->oh * g->ow, part, parts, j->step, &r0, &r1);
+  for (int64_t c0 = r0; c0 < r1; c0 += j->step) {
+    int64_t c1 = c0 + j->step < r1 ? c0 + j->step : r1;
     const float* col = col_rows(j, part, c0, c1);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(c1 - c0), (int)g->co, (int)k, 1.0f, col, (int)k, j->f, (int)g->co, 0.0f,
                 j->y + c0 * g->co, (int)g->co);
   }
 }
 
-/* dcol[rows, K] = dy[rows, co] · fᵀ, scattered into dx with col2im. A part owns whole images, since the
- * scatter of neighbouring rows of one image overlaps (pointwise: dcol is dx itself, any rows will do). */
+/* dcol[rows, K] = dy[rows, co] · fᵀ, scattered into dx with col2im (pointwise: dcol is dx itself). A part
+ * owns whole groups of images, since the scatter of neighbouring rows of one image overlaps: a group is as
+ * many whole images as fit in a chunk, or one image in chunks of step rows from its first. */
 static void conv2d_backprop_input_part(void* arg, int part, int parts) {
   const ConvJob* j = arg;
   const Geometry* g = &j->g;
   const int64_t k = g->fh * g->fw * g->ci, per_image = g->oh * g->ow;
+  const int64_t per_group = per_image >= j->step ? 1 : j->step / per_image;
   int64_t b0, b1;
-  part_range(g->n, part, parts, 1, &b0, &b1);
-  const int64_t r0 = b0 * per_image, r1 = b1 * per_image;
-  if (is_pointwise(g)) {
-    if (r1 > r0)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)k, (int)g->co, 1.0f, j->dy + r0 * g->co, (int)g->co, j->f,
-                  (int)g->co, 0.0f, j->y + r0 * k, (int)k);
-    return;
-  }
-  memset(j->y + b0 * g->h * g->w * g->ci, 0, (size_t)((b1 - b0) * g->h * g->w * g->ci) * sizeof(float));
-  for (int64_t c0 = r0; c0 < r1; c0 += j->step) {
-    int64_t c1 = c0 + j->step < r1 ? c0 + j->step : r1;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(c1 - c0), (int)k, (int)g->co, 1.0f, j->dy + c0 * g->co, (int)g->co, j->f,
-                (int)g->co, 0.0f, scratch[part], (int)k);
-    col2im_add(g, scratch[part], j->y, c0, c1);
+  part_range(g->n, part, parts, per_group, &b0, &b1);
+  if (!is_pointwise(g)) memset(j->y + b0 * g->h * g->w * g->ci, 0, (size_t)((b1 - b0) * g->h * g->w * g->ci) * sizeof(float));
+  for (int64_t b = b0; b < b1; b += per_group) {
+    const int64_t r1 = (b + per_group < b1 ? b + per_group : b1) * per_image;
+    for (int64_t c0 = b * per_image; c0 < r1; c0 += j->step) {
+      int64_t c1 = c0 + j->step < r1 ? c0 + j->step : r1;
+      float* dcol = is_pointwise(g) ? j->y + c0 * k : scratch[part];
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(c1 - c0), (int)k, (int)g->co, 1.0f, j->dy + c0 * g->co, (int)g->co, j->f,
+                  (int)g->co, 0.0f, dcol, (int)k);
+      if (!is_pointwise(g)) col2im_add(g, dcol, j->y, c0, c1);
+    }
   }
 }
 
-/* This part's df [K, co] = Σ_chunks col[rows, K]ᵀ · dy[rows, co]: into df for part 0, else into the
- * part's partial (summed by the caller). */
+/* df [K, co] = Σ_rows col[rows, K]ᵀ · dy[rows, co] in `chunks` fixed slices of whole im2col chunks, each
+ * slice into its own partial (slice 0 into df itself), added in slice order by the caller. */
+typedef struct {
+  ConvJob c;
+  int64_t chunks;
+  float* partial; /* slices 1 … chunks − 1, K·co each */
+} FilterGradJob;
+
 static void conv2d_backprop_filter_part(void* arg, int part, int parts) {
-  const ConvJob* j = arg;
+  const FilterGradJob* fj = arg;
+  const ConvJob* j = &fj->c;
   const Geometry* g = &j->g;
-  const int64_t k = g->fh * g->fw * g->ci;
-  float* df = part == 0 ? j->y : scratch[part] + j->step * k;
-  int64_t r0, r1;
-  part_range(g->n * g->oh * g->ow, part, parts, 1, &r0, &r1);
-  if (r1 == r0) memset(df, 0, (size_t)(k * g->co) * sizeof(float));
-  const int64_t step = is_pointwise(g) ? r1 - r0 : j->step; /* pointwise: x is col, no chunks needed */
-  for (int64_t c0 = r0; c0 < r1; c0 += step) {
-    int64_t c1 = c0 + step < r1 ? c0 + step : r1;
-    const float* col = col_rows(j, part, c0, c1);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)g->co, (int)(c1 - c0), 1.0f, col, (int)k, j->dy + c0 * g->co, (int)g->co,
-                c0 == r0 ? 0.0f : 1.0f, df, (int)g->co);
+  const int64_t k = g->fh * g->fw * g->ci, total = g->n * g->oh * g->ow, units = (total + j->step - 1) / j->step;
+  int64_t s0, s1;
+  part_range(fj->chunks, part, parts, 1, &s0, &s1);
+  for (int64_t slice = s0; slice < s1; slice++) {
+    float* df = slice == 0 ? j->y : fj->partial + (slice - 1) * k * g->co;
+    int64_t u0, u1;
+    part_range(units, (int)slice, (int)fj->chunks, 1, &u0, &u1);
+    const int64_t r0 = u0 * j->step, r1 = u1 * j->step < total ? u1 * j->step : total;
+    if (r1 <= r0) memset(df, 0, (size_t)(k * g->co) * sizeof(float));
+    for (int64_t c0 = r0; c0 < r1; c0 += j->step) {
+      int64_t c1 = c0 + j->step < r1 ? c0 + j->step : r1;
+      const float* col = col_rows(j, part, c0, c1);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)g->co, (int)(c1 - c0), 1.0f, col, (int)k, j->dy + c0 * g->co, (int)g->co,
+                  c0 == r0 ? 0.0f : 1.0f, df, (int)g->co);
+    }
   }
 }
 
@@ -507,12 +563,12 @@ static int64_t conv_work(const Geometry* g) {
 
 /* The three conv entry points' common start: geometry and the three tensors (in argument order) from the
  * arguments, and every thread's scratch; 0 (with an error thrown) on bad arguments or no memory. */
-static int conv_setup(napi_env env, napi_callback_info info, const char* fn, int partial_df, ConvJob* j, float* tensor[3]) {
+static int conv_setup(napi_env env, napi_callback_info info, const char* fn, ConvJob* j, float* tensor[3]) {
   float* heap;
   int64_t off[3];
   if (!geometry_args(env, info, fn, &heap, off, &j->g)) return 0;
   for (int i = 0; i < 3; i++) tensor[i] = heap + off[i];
-  if (!reserve_conv_scratch(j, partial_df)) {
+  if (!reserve_conv_scratch(j)) {
     fail(env, fn, "out of memory for the im2col buffers");
     return 0;
   }
@@ -523,7 +579,7 @@ static int conv_setup(napi_env env, napi_callback_info info, const char* fn, int
 static napi_value conv2d(napi_env env, napi_callback_info info) {
   ConvJob j = {0};
   float* t[3];
-  if (!conv_setup(env, info, "conv2d", 0, &j, t)) return NULL;
+  if (!conv_setup(env, info, "conv2d", &j, t)) return NULL;
   j.x = t[0], j.f = t[1], j.y = t[2];
   run_parallel(conv2d_part, &j, conv_work(&j.g));
   return NULL;
@@ -533,23 +589,30 @@ static napi_value conv2d(napi_env env, napi_callback_info info) {
 static napi_value conv2d_backprop_input(napi_env env, napi_callback_info info) {
   ConvJob j = {0};
   float* t[3];
-  if (!conv_setup(env, info, "conv2dBackpropInput", 0, &j, t)) return NULL;
+  if (!conv_setup(env, info, "conv2dBackpropInput", &j, t)) return NULL;
   j.y = t[0], j.f = t[1], j.dy = t[2];
   run_parallel(conv2d_backprop_input_part, &j, conv_work(&j.g));
   return NULL;
 }
 
+/* Partials of a filter gradient at most (floats), which bounds its slices for a wide filter. */
+#define MAX_FILTER_PARTIALS ((int64_t)1 << 24)
+
 /* conv2dBackpropFilter(heap, xOff, dfOff, dyOff, geometry…): df, the gradient of conv2d's filter. */
 static napi_value conv2d_backprop_filter(napi_env env, napi_callback_info info) {
-  ConvJob j = {0};
+  FilterGradJob fj = {0};
+  ConvJob* j = &fj.c;
   float* t[3];
-  if (!conv_setup(env, info, "conv2dBackpropFilter", 1, &j, t)) return NULL;
-  j.x = t[0], j.y = t[1], j.dy = t[2];
-  const int64_t k = j.g.fh * j.g.fw * j.g.ci, kc = k * j.g.co;
-  int parts = run_parallel(conv2d_backprop_filter_part, &j, conv_work(&j.g));
-  for (int p = 1; p < parts; p++) {
-    const float* partial = scratch[p] + j.step * k;
-    for (int64_t i = 0; i < kc; i++) j.y[i] += partial[i];
+  if (!conv_setup(env, info, "conv2dBackpropFilter", j, t)) return NULL;
+  j->x = t[0], j->y = t[1], j->dy = t[2];
+  const int64_t kc = j->g.fh * j->g.fw * j->g.ci * j->g.co, units = (j->g.n * j->g.oh * j->g.ow + j->step - 1) / j->step;
+  fj.chunks = reduce_chunks(units, 1);
+  while (fj.chunks > 1 && (fj.chunks - 1) * kc > MAX_FILTER_PARTIALS) fj.chunks--;
+  if (fj.chunks > 1 && (fj.partial = reserve_partials((fj.chunks - 1) * kc)) == NULL) return fail(env, "conv2dBackpropFilter", "out of memory");
+  run_parallel(conv2d_backprop_filter_part, &fj, conv_work(&j->g));
+  for (int64_t c = 1; c < fj.chunks; c++) {
+    const float* partial = fj.partial + (c - 1) * kc;
+    for (int64_t i = 0; i < kc; i++) j->y[i] += partial[i];
   }
   return NULL;
 }
@@ -586,19 +649,12 @@ typedef struct {
   const float* x;
   float* y;
   int64_t outer, mid, inner;
-  float* partials; /* when set, parts split mid, each into its own [outer, inner] partial */
+  int64_t chunks;  /* > 1: mid goes in this many fixed slices, each summed into its own [outer, inner] partial */
+  float* partial;
 } SumJob;
 
-static void sum_part(void* arg, int part, int parts) {
-  const SumJob* j = arg;
-  int64_t o0 = 0, o1 = j->outer, m0 = 0, m1 = j->mid;
-  float* y = j->y;
-  if (j->partials != NULL) {
-    part_range(j->mid, part, parts, 1, &m0, &m1);
-    y = j->partials + part * j->outer * j->inner;
-  } else {
-    part_range(j->outer, part, parts, 1, &o0, &o1);
-  }
+/* y[o, i] = Σ_{m0 ≤ m < m1} x[o, m, i] for outer rows [o0, o1). */
+static void sum_slice(const SumJob* j, float* y, int64_t o0, int64_t o1, int64_t m0, int64_t m1) {
   for (int64_t o = o0; o < o1; o++) {
     const float* x = j->x + (o * j->mid + m0) * j->inner;
     float* yo = y + o * j->inner;
@@ -608,7 +664,27 @@ static void sum_part(void* arg, int part, int parts) {
   }
 }
 
-/* sum(heap, xOff, yOff, outer, mid, inner): y[o, i] = Σ_m x[o, m, i], i.e. a sum over contiguous axes. */
+static void sum_part(void* arg, int part, int parts) {
+  const SumJob* j = arg;
+  int64_t r0, r1;
+  if (j->chunks > 1) {
+    part_range(j->chunks, part, parts, 1, &r0, &r1);
+    for (int64_t c = r0; c < r1; c++) {
+      int64_t m0, m1;
+      part_range(j->mid, (int)c, (int)j->chunks, 1, &m0, &m1);
+      sum_slice(j, j->partial + c * j->outer * j->inner, 0, j->outer, m0, m1);
+    }
+  } else {
+    part_range(j->outer, part, parts, 1, &r0, &r1);
+    sum_slice(j, j->y, r0, r1, 0, j->mid);
+  }
+}
+
+/* Rows of mid per chunk at least: a chunk's partial must be worth adding. */
+#define MIN_SUM_CHUNK ((int64_t)64)
+
+/* sum(heap, xOff, yOff, outer, mid, inner): y[o, i] = Σ_m x[o, m, i], i.e. a sum over contiguous axes.
+ * With fewer outer rows than REDUCE_CHUNKS (a bias gradient has one), the parts share out chunks of mid. */
 static napi_value sum_axes(napi_env env, napi_callback_info info) {
   float* heap;
   int64_t floats, v[5];
@@ -616,21 +692,15 @@ static napi_value sum_axes(napi_env env, napi_callback_info info) {
   int64_t xOff = v[0], yOff = v[1], outer = v[2], mid = v[3], inner = v[4];
   if (outer <= 0 || mid <= 0 || inner <= 0) return fail(env, "sum", "sizes must be positive");
   if (!inside(xOff, outer * mid * inner, floats) || !inside(yOff, outer * inner, floats)) return fail(env, "sum", "a tensor lies outside the heap");
-  SumJob j = {heap + xOff, heap + yOff, outer, mid, inner, NULL};
-  const int64_t n = outer * mid * inner;
-  if (pool.size > 1 && outer < pool.size && n >= parallel_min_work) {
-    /* too few rows to share out (a bias gradient has one): each part sums a slice of mid into a partial */
-    j.partials = malloc((size_t)(pool.size * outer * inner) * sizeof(float));
-    if (j.partials == NULL) return fail(env, "sum", "out of memory");
-  }
-  int parts = run_parallel(sum_part, &j, n);
-  if (j.partials != NULL) {
+  SumJob j = {heap + xOff, heap + yOff, outer, mid, inner, outer < REDUCE_CHUNKS ? reduce_chunks(mid, MIN_SUM_CHUNK) : 1, NULL};
+  if (j.chunks > 1 && (j.partial = reserve_partials(j.chunks * outer * inner)) == NULL) return fail(env, "sum", "out of memory");
+  run_parallel(sum_part, &j, outer * mid * inner);
+  if (j.chunks > 1) {
     for (int64_t i = 0; i < outer * inner; i++) {
-      float total = 0;
-      for (int t = 0; t < parts; t++) total += j.partials[t * outer * inner + i];
+      float total = j.partial[i];
+      for (int64_t c = 1; c < j.chunks; c++) total += j.partial[c * outer * inner + i];
       j.y[i] = total;
     }
-    free(j.partials);
   }
   return NULL;
 }
@@ -967,13 +1037,16 @@ typedef struct {
   double eps;
   const float *x, *w, *bias, *mean, *rstd, *dy;
   float *y, *mean_out, *rstd_out;
-  double* sums;  /* per part: groupNorm 2·c, groupNormGrad 4·c (the last 2·c its dw, dbias partials) */
-  float* coef;   /* per part: 3·c */
+  double* sums;   /* per part: one image's channel sums, 2·c */
+  double* grads;  /* groupNormGrad, per chunk of images: its dw and dbias partials, 2·c */
+  int64_t chunks; /* groupNormGrad: images go in this many fixed chunks (dw, dbias added in chunk order) */
+  float* coef;    /* per part: 3·c */
 } NormJob;
 
-/* Allocates the per-part buffers of a NormJob; 0 when memory runs out. */
+/* Allocates the per-part and per-chunk buffers of a NormJob; 0 when memory runs out. */
 static int norm_buffers(NormJob* j) {
-  j->sums = malloc((size_t)(pool.size * 4 * j->s.c) * sizeof(double));
+  j->sums = malloc((size_t)((pool.size + REDUCE_CHUNKS) * 2 * j->s.c) * sizeof(double));
+  j->grads = j->sums ? j->sums + pool.size * 2 * j->s.c : NULL;
   j->coef = malloc((size_t)(pool.size * 3 * j->s.c) * sizeof(float));
   if (j->sums != NULL && j->coef != NULL) return 1;
   free(j->sums);
@@ -986,7 +1059,7 @@ static void group_norm_part(void* arg, int part, int parts) {
   const NormJob* j = arg;
   const NormShape s = j->s;
   const int64_t cg = s.c / s.g;
-  double* sums = j->sums + part * 4 * s.c;
+  double* sums = j->sums + part * 2 * s.c;
   float* coef = j->coef + part * 3 * s.c;
   const double count = (double)(s.hw * cg);
   int64_t b0, b1;
@@ -1033,44 +1106,49 @@ static napi_value group_norm(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* This part's images: dx = A·dy + B·x + C per channel; its dw and dbias partials into sums[2c…4c). */
+/* This part's chunks of images: dx = A·dy + B·x + C per channel; each chunk's dw and dbias partials into grads. */
 static void group_norm_grad_part(void* arg, int part, int parts) {
   const NormJob* j = arg;
   const NormShape s = j->s;
   const int64_t cg = s.c / s.g;
-  double *s1 = j->sums + part * 4 * s.c, *s2 = s1 + s.c, *dw_acc = s1 + 2 * s.c, *db_acc = s1 + 3 * s.c;
+  double *s1 = j->sums + part * 2 * s.c, *s2 = s1 + s.c;
   float* coef = j->coef + part * 3 * s.c;
-  memset(dw_acc, 0, (size_t)(2 * s.c) * sizeof(double));
   const double count = (double)(s.hw * cg);
-  int64_t b0, b1;
-  part_range(s.b, part, parts, 1, &b0, &b1);
-  for (int64_t b = b0; b < b1; b++) {
-    const float *xb = j->x + b * s.hw * s.c, *dyb = j->dy + b * s.hw * s.c;
-    channel_sums(dyb, xb, s.hw, s.c, s1, s2);
-    for (int64_t g = 0; g < s.g; g++) {
-      double m = j->mean[b * s.g + g], r = j->rstd[b * s.g + g], sum_g = 0, sum_gx = 0;
-      for (int64_t k = g * cg; k < (g + 1) * cg; k++) {
-        double dyxh = r * (s2[k] - m * s1[k]); /* Σ_p dy·x̂ for channel k */
-        dw_acc[k] += dyxh;
-        db_acc[k] += s1[k];
-        sum_g += j->w[k] * s1[k];
-        sum_gx += j->w[k] * dyxh;
+  int64_t k0, k1;
+  part_range(j->chunks, part, parts, 1, &k0, &k1);
+  for (int64_t chunk = k0; chunk < k1; chunk++) {
+    double *dw_acc = j->grads + chunk * 2 * s.c, *db_acc = dw_acc + s.c;
+    memset(dw_acc, 0, (size_t)(2 * s.c) * sizeof(double));
+    int64_t b0, b1;
+    part_range(s.b, (int)chunk, (int)j->chunks, 1, &b0, &b1);
+    for (int64_t b = b0; b < b1; b++) {
+      const float *xb = j->x + b * s.hw * s.c, *dyb = j->dy + b * s.hw * s.c;
+      channel_sums(dyb, xb, s.hw, s.c, s1, s2);
+      for (int64_t g = 0; g < s.g; g++) {
+        double m = j->mean[b * s.g + g], r = j->rstd[b * s.g + g], sum_g = 0, sum_gx = 0;
+        for (int64_t k = g * cg; k < (g + 1) * cg; k++) {
+          double dyxh = r * (s2[k] - m * s1[k]); /* Σ_p dy·x̂ for channel k */
+          dw_acc[k] += dyxh;
+          db_acc[k] += s1[k];
+          sum_g += j->w[k] * s1[k];
+          sum_gx += j->w[k] * dyxh;
+        }
+        double mg = sum_g / count, mgx = sum_gx / count;
+        for (int64_t k = g * cg; k < (g + 1) * cg; k++) {
+          coef[k] = (float)(r * j->w[k]);                     /* A: times dy */
+          coef[s.c + k] = (float)(-r * r * mgx);              /* B: times x */
+          coef[2 * s.c + k] = (float)(r * (m * r * mgx - mg)); /* C */
+        }
       }
-      double mg = sum_g / count, mgx = sum_gx / count;
-      for (int64_t k = g * cg; k < (g + 1) * cg; k++) {
-        coef[k] = (float)(r * j->w[k]);                     /* A: times dy */
-        coef[s.c + k] = (float)(-r * r * mgx);              /* B: times x */
-        coef[2 * s.c + k] = (float)(r * (m * r * mgx - mg)); /* C */
-      }
+      channel_affine(j->y + b * s.hw * s.c, xb, coef + s.c, coef + 2 * s.c, dyb, coef, s.hw, s.c);
     }
-    channel_affine(j->y + b * s.hw * s.c, xb, coef + s.c, coef + 2 * s.c, dyb, coef, s.hw, s.c);
   }
 }
 
 /* groupNormGrad(heap, xOff, wOff, meanOff, rstdOff, dyOff, dxOff, dwOff, dbOff, b, hw, c, groups):
  * with x̂ = (x − m)·r and g = dy·w, per group: dx = r·(g − mean(g) − x̂·mean(g·x̂)), which is the
  * per-channel map dx = A·dy + B·x + C; dw = Σ dy·x̂ and dbias = Σ dy over images and pixels. Every
- * group sum follows from the channel sums S1 = Σ dy and S2 = Σ dy·x. Parts split the images. */
+ * group sum follows from the channel sums S1 = Σ dy and S2 = Σ dy·x. Parts take whole chunks of images. */
 static napi_value group_norm_grad(napi_env env, napi_callback_info info) {
   float* heap;
   int64_t off[8];
@@ -1085,10 +1163,11 @@ static napi_value group_norm_grad(napi_env env, napi_callback_info info) {
   j.x = heap + off[0], j.w = heap + off[1], j.mean = heap + off[2], j.rstd = heap + off[3], j.dy = heap + off[4], j.y = heap + off[5];
   float *dw = heap + off[6], *db = heap + off[7];
   if (!norm_buffers(&j)) return fail(env, "groupNormGrad", "out of memory");
-  int parts = run_parallel(group_norm_grad_part, &j, n);
+  j.chunks = s.b < REDUCE_CHUNKS ? s.b : REDUCE_CHUNKS;
+  run_parallel(group_norm_grad_part, &j, n);
   for (int64_t k = 0; k < s.c; k++) {
     double dw_k = 0, db_k = 0;
-    for (int t = 0; t < parts; t++) dw_k += j.sums[t * 4 * s.c + 2 * s.c + k], db_k += j.sums[t * 4 * s.c + 3 * s.c + k];
+    for (int64_t t = 0; t < j.chunks; t++) dw_k += j.grads[t * 2 * s.c + k], db_k += j.grads[t * 2 * s.c + s.c + k];
     dw[k] = (float)dw_k;
     db[k] = (float)db_k;
   }
@@ -1205,20 +1284,6 @@ static void epilogue_part(void* arg, int part, int parts) {
   }
 }
 
-/* A decoding step's few rows against a wide weight: each part takes a slice of the weight's columns, so
- * the weight is read (and packed by sgemm) once in all, where sgemm_part's row split would have every part
- * read all of it (16 rows, e.g. 8 prompts with super-conditioning, took 3.8× the time of 8). */
-static void linear_part(void* arg, int part, int parts) {
-  const GemmJob* j = arg;
-  if (j->m >= 64 * (int64_t)parts) {
-    sgemm_part(arg, part, parts);
-    return;
-  }
-  int64_t c0, c1;
-  part_range(j->n, part, parts, 16, &c0, &c1);
-  if (c1 > c0) gemm_block(j, 0, 0, j->m, c0, c1);
-}
-
 /* linear(heap, xOff, wOff, bOff, yOff, rows, in, out, act): y[rows, out] = act(x[rows, in] · W[in, out] + b),
  * bOff −1 = no bias; act: none 0, exact GELU 1, tanh GELU 2, ReLU 3, swish 4. */
 static napi_value linear_act(napi_env env, napi_callback_info info) {
@@ -1231,7 +1296,7 @@ static napi_value linear_act(napi_env env, napi_callback_info info) {
   if (!inside(v[0], rows * in, floats) || !inside(v[1], in * out, floats) || (v[2] != -1 && !inside(v[2], out, floats)) || !inside(v[3], rows * out, floats))
     return fail(env, "linear", "a tensor lies outside the heap");
   GemmJob job = {false, false, rows, out, in, 1, 0, 0, heap + v[0], heap + v[1], heap + v[3]};
-  run_parallel(linear_part, &job, rows * out * in);
+  run_parallel(sgemm_part, &job, rows * out * in); /* a decoding step's few rows: column blocks */
   if (v[2] != -1 || act != ACT_NONE) {
     EpilogueJob e = {heap + v[3], v[2] != -1 ? heap + v[2] : NULL, rows, out, (int)act};
     run_parallel(epilogue_part, &e, rows * out * (act == ACT_NONE ? 1 : 16));

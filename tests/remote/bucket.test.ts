@@ -82,7 +82,7 @@ stages:
     plugin: ticker
     host: pair
     retry: { max: 1, backoff: 0 }
-    with: { steps: 10, delay_ms: 400 }
+    with: { steps: 20, delay_ms: 500 }
 `,
       },
     );
@@ -107,11 +107,11 @@ stages:
     const step = Number(resumed![1]);
     expect(step).toBeGreaterThanOrEqual(2);
     expect(done.stdout).toContain(`[count] start at step ${step} in `);
-    expectSteps(history(only!.dir), 10);
+    expectSteps(history(only!.dir), 20);
 
     // host b's last upload, after its worker ended: the finished run is in the bucket, without the agent's files
     const names = gcs.names('minidalle-test', `shared/runs/${only!.id}/`);
-    expect(names).toContain(`shared/runs/${only!.id}/checkpoints/step-10/manifest.json`);
+    expect(names).toContain(`shared/runs/${only!.id}/checkpoints/step-20/manifest.json`);
     expect(names).toContain(`shared/runs/${only!.id}/out/result.txt`);
     expect(names.filter((n) => /\/\.worker\/|\/\.tmp-/.test(n))).toEqual([]);
     // uploads came from the hosts' own gcloud, the look-up and download from the orchestrator's, all with the token

@@ -1,5 +1,6 @@
 /**
- * What goes wrong on remote hosts, on real sshd hosts in network namespaces: a worker killed with its host
+ * What goes wrong on remote hosts, on real sshd hosts in network namespaces: a worker killed alone (a crash,
+ * retried on the other host); a worker killed with its host
  * (the stage resumes on the other host from its last synced checkpoint, same run id, every step once); a
  * dropped ssh connection (the detached worker keeps running, the orchestrator re-attaches at its offset).
  */
@@ -11,7 +12,7 @@ import { expectSteps, history, localProcesses, remoteProject, stageRuns, waitOrD
 import { netnsUnavailable, TestNetwork, type TestHost } from './netns.js';
 
 const missing = netnsUnavailable();
-if (missing) console.warn(`tests/remote/failures: 2 tests skipped: ${missing}`);
+if (missing) console.warn(`tests/remote/failures: 3 tests skipped: ${missing}`);
 
 describe.skipIf(missing !== '')('remote failures', () => {
   let net: TestNetwork;
@@ -29,6 +30,32 @@ describe.skipIf(missing !== '')('remote failures', () => {
 
   const inventory = () => ({ hosts: { 'box-a': net.inventoryEntry(a), 'box-b': net.inventoryEntry(b) }, groups: { pair: ['box-a', 'box-b'] } });
 
+  it('a worker killed alone (as by the OOM killer) is a crash, retried on the other host from its last synced step', async () => {
+    // first: the next test takes host a away for good
+    const dir = remoteProject(inventory(), {
+      'count.yaml': `name: count3
+stages:
+  count:
+    plugin: ticker
+    host: pair
+    retry: { max: 1, backoff: 0 }
+    with: { steps: 6, delay_ms: 300 }
+`,
+    });
+    const run = start(dir, ['run', 'count.yaml'], { env });
+    await waitOrDump(run, 'two synced steps', () => stageRuns(dir).some((r) => history(r.dir).length >= 2));
+    const worker = net.processes(a).find((p) => p.args.includes('cli.js worker'));
+    expect(worker, 'the worker runs on host a').toBeDefined();
+    process.kill(worker!.pid, 'SIGKILL');
+    const done = await run.exited;
+    expect(done.code, done.stdout + done.stderr).toBe(0);
+    expect(done.stdout).toMatch(/count: attempt 1 on box-a crashed: worker exited with signal SIGKILL; retrying/);
+    expect(done.stdout).toMatch(/count: attempt 2 on box-b, resuming from step [2-5]/);
+    const [only] = stageRuns(dir);
+    expect(only!.record).toMatchObject({ status: 'finished', host: 'box-b', meta: { attempts: 2 } });
+    expectSteps(history(only!.dir), 6);
+  });
+
   it('kill -9 of the worker and its host: the stage resumes on the other host, same run id, no gap, no duplicate step', async () => {
     const dir = remoteProject(inventory(), {
       'count.yaml': `name: count
@@ -45,7 +72,8 @@ stages:
     await waitOrDump(run, 'three synced steps', () => stageRuns(dir).some((r) => history(r.dir).length >= 3));
     const worker = net.processes(a).find((p) => p.args.includes('cli.js worker'));
     expect(worker, 'the worker runs on host a').toBeDefined();
-    process.kill(worker!.pid, 'SIGKILL');
+    // the whole host at once, its supervisor with the worker (a worker killed alone first could be reported as
+    // a plain crash by its supervisor before the host goes)
     net.killHost(a);
     const done = await run.exited;
     expect(done.code, done.stdout + done.stderr).toBe(0);

@@ -18,7 +18,7 @@
  * it runs from the synced tree before anything else.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -133,34 +133,50 @@ async function launch(runDir: string, cli: string, cwd: string, upload: string[]
  */
 const BUCKET_EXCLUDE = [String.raw`\.worker/`, String.raw`\.tmp-`, String.raw`.*/\.tmp-`, String.raw`\.rsync-partial/`, String.raw`.*/\.rsync-partial/`].join('|');
 
+/** `gcloud storage rsync --recursive` of `from` to `to`; the problem, '' when it went. */
+function rsync(from: string, to: string, exclude: string, env: Record<string, string>): Promise<string> {
+  return new Promise((res) => {
+    const p = spawn('gcloud', ['storage', 'rsync', '--recursive', `--exclude=${exclude}`, from, to], {
+      env: { ...process.env, ...env, CLOUDSDK_CORE_DISABLE_PROMPTS: '1' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    p.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+    p.once('error', (err) => res(`cannot run gcloud: ${err.message}`));
+    p.once('close', (code) => {
+      if (code === 0) return res('');
+      const lines = stderr.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('ERROR'));
+      res(lines.at(-1) ?? `gcloud exited with ${code}`);
+    });
+  });
+}
+
 /**
- * `gcloud storage rsync` of the run directory to `url`, one at a time, every `seconds`; `final()` waits for the
- * one in flight and runs the last. Failures are said once each (in the stream, as the worker's stderr), never
- * fatal: the stage goes on and its run directory still comes back to the orchestrator.
+ * The run directory to `url`, one upload at a time, every `seconds`; `final()` waits for the one in flight and
+ * runs the last. Each upload takes the checkpoints published when it starts, sends everything else (the history)
+ * first and only then those checkpoints: a checkpoint in the bucket always has the history up to its step there,
+ * even when the host is lost between the two. Failures are said once each (in the stream, as the worker's
+ * stderr), never fatal: the stage goes on and its run directory still comes back to the orchestrator.
  */
 function bucketUploads(runDir: string, url: string, seconds: number, env: Record<string, string>, say: (line: string) => void) {
   let running: Promise<void> | undefined;
   let lastProblem = '';
+  const upload = async (): Promise<string> => {
+    let published: string[] = [];
+    try {
+      published = readdirSync(join(runDir, 'checkpoints')).filter((n) => /^step-\d+$/.test(n)); // renamed in whole
+    } catch {
+      /* none yet */
+    }
+    const problem = await rsync(runDir, url, `${BUCKET_EXCLUDE}|checkpoints/`, env);
+    if (problem || published.length === 0) return problem;
+    return rsync(join(runDir, 'checkpoints'), `${url}/checkpoints`, `${BUCKET_EXCLUDE}|(?!(?:${published.join('|')})/)`, env);
+  };
   const once = (): Promise<void> =>
-    (running ??= new Promise<void>((res) => {
-      const p = spawn('gcloud', ['storage', 'rsync', '--recursive', `--exclude=${BUCKET_EXCLUDE}`, runDir, url], {
-        env: { ...process.env, ...env, CLOUDSDK_CORE_DISABLE_PROMPTS: '1' },
-        stdio: ['ignore', 'ignore', 'pipe'],
-      });
-      let stderr = '';
-      p.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
-      const done = (problem: string) => {
-        if (problem && problem !== lastProblem) say(`bucket: the upload to ${url} failed: ${problem}`);
-        lastProblem = problem;
-        running = undefined;
-        res();
-      };
-      p.once('error', (err) => done(`cannot run gcloud: ${err.message}`));
-      p.once('close', (code) => {
-        if (code === 0) return done('');
-        const lines = stderr.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('ERROR'));
-        done(lines.at(-1) ?? `gcloud exited with ${code}`);
-      });
+    (running ??= upload().then((problem) => {
+      if (problem && problem !== lastProblem) say(`bucket: the upload to ${url} failed: ${problem}`);
+      lastProblem = problem;
+      running = undefined;
     }));
   const timer = setInterval(() => void once(), seconds * 1000);
   return {

@@ -440,10 +440,12 @@ export async function runPipeline(loaded: LoadedExperiment, options: RunPipeline
             const wait = retry.backoff * 2 ** (attempt - 1);
             board.line(`${name}: attempt ${attempt} on ${attemptHost} ${status}: ${scrub(why ?? '', secrets)}; retrying in ${wait} s (${attempt}/${retry.max}), same run ${run.id}`);
             placer.release(attemptHost);
-            const lostHost = exit.lost ? attemptHost : undefined;
+            // another free candidate first, whatever the failure: a host that lost or crashed a worker (an OOM
+            // kill is a crash) is likely to do so again; it is taken again only when nothing else is free
+            const failedHost = attemptHost;
             attemptHost = '';
             await pause(wait * 1000, () => stopping);
-            while (!stopping && !(attemptHost = placer.take(name, stage, new Set(lostHost ? [lostHost] : [])) ?? '')) await pause(250, () => stopping);
+            while (!stopping && !(attemptHost = placer.take(name, stage, new Set([failedHost])) ?? '')) await pause(250, () => stopping);
             if (!stopping) {
               const from = await run.checkpoints({ onWarning: warnFor(name) }).latest();
               await truncateHistory(run.dir, from?.step);
