@@ -310,16 +310,20 @@ static void gemm_block(const GemmJob* j, int64_t i, int64_t r0, int64_t r1, int6
  * slice of the (wide) weight, where a row split would have every part read all of it. */
 #define FEW_ROWS ((int64_t)128)
 
-/* The job's blocks, fixed by its shape: about REDUCE_CHUNKS slices of the batch's rows taken together (so a
+/* Rows or columns of a block at least: every sgemm call packs the other operand whole, so a thin block
+ * would pay that packing for little work (a weight gradient xᵀ·dy has few rows and a long inner side). */
+#define MIN_BLOCK ((int64_t)64)
+
+/* The job's blocks, fixed by its shape: up to REDUCE_CHUNKS slices of the batch's rows taken together (so a
  * batch of many small products splits as well as one tall product), or, with few rows, of every product's
  * columns (multiples of 16: no cache line of C is written by two threads). Block `b` is one sgemm per
  * product it touches, whatever part runs it. */
 static int64_t gemm_unit(const GemmJob* j, int* by_rows) {
   const int64_t rows = j->batch * j->m;
   *by_rows = rows >= FEW_ROWS;
-  if (*by_rows) return (rows + REDUCE_CHUNKS - 1) / REDUCE_CHUNKS;
-  int64_t cols = (j->n + REDUCE_CHUNKS - 1) / REDUCE_CHUNKS;
-  return (cols + 15) / 16 * 16;
+  int64_t unit = ((*by_rows ? rows : j->n) + REDUCE_CHUNKS - 1) / REDUCE_CHUNKS;
+  if (unit < MIN_BLOCK) unit = MIN_BLOCK;
+  return *by_rows ? unit : (unit + 15) / 16 * 16;
 }
 
 static void sgemm_part(void* arg, int part, int parts) {
