@@ -158,7 +158,7 @@ function rsync(from: string, to: string, exclude: string, env: Record<string, st
  * even when the host is lost between the two. Failures are said once each (in the stream, as the worker's
  * stderr), never fatal: the stage goes on and its run directory still comes back to the orchestrator.
  */
-function bucketUploads(runDir: string, url: string, seconds: number, env: Record<string, string>, say: (line: string) => void) {
+export function bucketUploads(runDir: string, url: string, seconds: number, env: Record<string, string>, say: (line: string) => void) {
   let running: Promise<void> | undefined;
   let lastProblem = '';
   const upload = async (): Promise<string> => {
