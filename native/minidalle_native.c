@@ -220,12 +220,12 @@ static void* pool_worker(void* arg) {
   }
 }
 
-/* Runs fn over every part and returns, when all are done, how many parts there were: small jobs (see
- * parallel_min_work) run in one, on the JS thread. */
-static int run_parallel(part_fn fn, void* arg, int64_t work) {
+/* Runs fn over every part and returns when all are done: small jobs (see parallel_min_work) run in one, on
+ * the JS thread. No result may depend on how many parts there were (see "Same bits" at the top). */
+static void run_parallel(part_fn fn, void* arg, int64_t work) {
   if (pool.size == 1 || work < parallel_min_work) {
     fn(arg, 0, 1);
-    return 1;
+    return;
   }
   pool.fn = fn;
   pool.arg = arg;
@@ -244,7 +244,6 @@ static int run_parallel(part_fn fn, void* arg, int64_t work) {
     cpu_relax();
     if (i % 4096 == 0) sched_yield();
   }
-  return pool.size;
 }
 
 /* Stops the workers and starts size − 1 new ones; 0 if a thread could not be started (the pool is then
@@ -535,7 +534,8 @@ static void conv2d_backprop_input_part(void* arg, int part, int parts) {
  * slice into its own partial (slice 0 into df itself), added in slice order by the caller. */
 typedef struct {
   ConvJob c;
-  int64_t chunks;
+  int64_t units;  /* im2col chunks of step rows in all */
+  int64_t chunks; /* slices of whole units */
   float* partial; /* slices 1 … chunks − 1, K·co each */
 } FilterGradJob;
 
@@ -543,13 +543,13 @@ static void conv2d_backprop_filter_part(void* arg, int part, int parts) {
   const FilterGradJob* fj = arg;
   const ConvJob* j = &fj->c;
   const Geometry* g = &j->g;
-  const int64_t k = g->fh * g->fw * g->ci, total = g->n * g->oh * g->ow, units = (total + j->step - 1) / j->step;
+  const int64_t k = g->fh * g->fw * g->ci, total = g->n * g->oh * g->ow;
   int64_t s0, s1;
   part_range(fj->chunks, part, parts, 1, &s0, &s1);
   for (int64_t slice = s0; slice < s1; slice++) {
     float* df = slice == 0 ? j->y : fj->partial + (slice - 1) * k * g->co;
     int64_t u0, u1;
-    part_range(units, (int)slice, (int)fj->chunks, 1, &u0, &u1);
+    part_range(fj->units, (int)slice, (int)fj->chunks, 1, &u0, &u1);
     const int64_t r0 = u0 * j->step, r1 = u1 * j->step < total ? u1 * j->step : total;
     if (r1 <= r0) memset(df, 0, (size_t)(k * g->co) * sizeof(float));
     for (int64_t c0 = r0; c0 < r1; c0 += j->step) {
@@ -609,8 +609,9 @@ static napi_value conv2d_backprop_filter(napi_env env, napi_callback_info info) 
   float* t[3];
   if (!conv_setup(env, info, "conv2dBackpropFilter", j, t)) return NULL;
   j->x = t[0], j->y = t[1], j->dy = t[2];
-  const int64_t kc = j->g.fh * j->g.fw * j->g.ci * j->g.co, units = (j->g.n * j->g.oh * j->g.ow + j->step - 1) / j->step;
-  fj.chunks = reduce_chunks(units, 1);
+  const int64_t kc = j->g.fh * j->g.fw * j->g.ci * j->g.co;
+  fj.units = (j->g.n * j->g.oh * j->g.ow + j->step - 1) / j->step;
+  fj.chunks = reduce_chunks(fj.units, 1);
   while (fj.chunks > 1 && (fj.chunks - 1) * kc > MAX_FILTER_PARTIALS) fj.chunks--;
   if (fj.chunks > 1 && (fj.partial = reserve_partials((fj.chunks - 1) * kc)) == NULL) return fail(env, "conv2dBackpropFilter", "out of memory");
   run_parallel(conv2d_backprop_filter_part, &fj, conv_work(&j->g));
@@ -1167,7 +1168,7 @@ static napi_value group_norm_grad(napi_env env, napi_callback_info info) {
   j.x = heap + off[0], j.w = heap + off[1], j.mean = heap + off[2], j.rstd = heap + off[3], j.dy = heap + off[4], j.y = heap + off[5];
   float *dw = heap + off[6], *db = heap + off[7];
   if (!norm_buffers(&j)) return fail(env, "groupNormGrad", "out of memory");
-  j.chunks = s.b < REDUCE_CHUNKS ? s.b : REDUCE_CHUNKS;
+  j.chunks = reduce_chunks(s.b, 1);
   run_parallel(group_norm_grad_part, &j, n);
   for (int64_t k = 0; k < s.c; k++) {
     double dw_k = 0, db_k = 0;
