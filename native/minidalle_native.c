@@ -1224,30 +1224,14 @@ static napi_value adamw(napi_env env, napi_callback_info info) {
 }
 
 /* ---------------------------------------------------------------- incremental decoding
- * The kernels of one decoding step (DalleBart.decodeStep with the fused path): there every tensor is a
- * few rows of d_model floats, so a stock op costs more in dispatch than in arithmetic, and ~500 of them
- * made a step. These fuse what a step does between two weight reads: a linear layer with its bias and
- * activation, a residual add with its layer norm, and attention of one new query per row over cached
- * keys/values (writing the new key/value row into the preallocated cache first). */
+ * The ops of one decoding step (DalleBart.decodeStep with the fused path), run from a recorded program
+ * (decodeProgram below): there every tensor is a few rows of d_model floats, so a stock op costs more in
+ * dispatch than in arithmetic, and ~500 of them made a step. These fuse what a step does between two
+ * weight reads: a linear layer with its bias and activation, a residual add with its layer norm, and
+ * attention of one new query per row over cached keys/values (writing the new key/value row into the
+ * preallocated cache first). */
 
 enum { ACT_NONE = 0, ACT_GELU = 1, ACT_GELU_TANH = 2, ACT_RELU = 3, ACT_SWISH = 4 };
-
-/* Arguments (heap, `ints` integers, `doubles` numbers): as heap_and_ints, with numbers after the integers. */
-static int heap_ints_doubles(napi_env env, napi_callback_info info, const char* fn, const char* usage, size_t ints, size_t doubles, float** heap,
-                             int64_t* floats, int64_t* v, double* d) {
-  napi_value argv[24];
-  size_t argc = 24;
-  int ok = ints + doubles < 24 && napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc == ints + doubles + 1 &&
-           heap_of(env, argv[0], heap, floats);
-  for (size_t i = 0; ok && i < ints; i++) ok = int_arg(env, argv[1 + i], &v[i]);
-  for (size_t i = 0; ok && i < doubles; i++) ok = napi_get_value_double(env, argv[1 + ints + i], &d[i]) == napi_ok;
-  if (!ok) {
-    char msg[200];
-    snprintf(msg, sizeof msg, "expected %s", usage);
-    fail(env, fn, msg);
-  }
-  return ok;
-}
 
 /* The same formulas as nn.ts's activations, in the same order of operations. */
 VECTORISED static void act_gelu(float* y, int64_t n) {
@@ -1289,42 +1273,30 @@ static void epilogue_part(void* arg, int part, int parts) {
   }
 }
 
-/* linear(heap, xOff, wOff, bOff, yOff, rows, in, out, act): y[rows, out] = act(x[rows, in] · W[in, out] + b),
- * bOff −1 = no bias; act: none 0, exact GELU 1, tanh GELU 2, ReLU 3, swish 4. */
-static napi_value linear_act(napi_env env, napi_callback_info info) {
-  float* heap;
-  int64_t floats, v[8];
-  if (!heap_and_ints(env, info, "linear", "(heap, xOff, wOff, bOff, yOff, rows, in, out, act)", 8, &heap, &floats, v)) return NULL;
-  int64_t rows = v[4], in = v[5], out = v[6], act = v[7];
-  if (rows <= 0 || in <= 0 || out <= 0 || rows > INT32_MAX || in > INT32_MAX || out > INT32_MAX) return fail(env, "linear", "sizes must be positive and fit in 32 bits");
-  if (act < ACT_NONE || act > ACT_SWISH) return fail(env, "linear", "unknown activation");
-  if (!inside(v[0], rows * in, floats) || !inside(v[1], in * out, floats) || (v[2] != -1 && !inside(v[2], out, floats)) || !inside(v[3], rows * out, floats))
-    return fail(env, "linear", "a tensor lies outside the heap");
-  GemmJob job = {false, false, rows, out, in, 1, 0, 0, heap + v[0], heap + v[1], heap + v[3]};
+/* y[rows, out] = act(x[rows, in] · W + b), W [in, out] (or, transposed, [out, in]: a tied lm head); b may be NULL. */
+static void linear_core(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t in, int64_t out, int act, bool transposed) {
+  GemmJob job = {false, transposed, rows, out, in, 1, 0, 0, x, w, y};
   run_parallel(sgemm_part, &job, rows * out * in); /* a decoding step's few rows: column blocks */
-  if (v[2] != -1 || act != ACT_NONE) {
-    EpilogueJob e = {heap + v[3], v[2] != -1 ? heap + v[2] : NULL, rows, out, (int)act};
+  if (b || act != ACT_NONE) {
+    EpilogueJob e = {y, b, rows, out, act};
     run_parallel(epilogue_part, &e, rows * out * (act == ACT_NONE ? 1 : 16));
   }
+}
+
+/* The operands of linear_core lie in the heap; NULL when they do, else what is wrong. */
+static const char* linear_check(int64_t floats, int64_t x, int64_t w, int64_t b, int64_t y, int64_t rows, int64_t in, int64_t out, int64_t act) {
+  if (rows <= 0 || in <= 0 || out <= 0 || rows > INT32_MAX || in > INT32_MAX || out > INT32_MAX) return "sizes must be positive and fit in 32 bits";
+  if (act < ACT_NONE || act > ACT_SWISH) return "unknown activation";
+  if (!inside(x, rows * in, floats) || !inside(w, in * out, floats) || (b != -1 && !inside(b, out, floats)) || !inside(y, rows * out, floats))
+    return "a tensor lies outside the heap";
   return NULL;
 }
 
-/* addLayerNorm(heap, xOff, rOff, rRows, wOff, bOff, yOff, sOff, rows, c, eps): per row s = x + r (rOff −1: s = x;
- * r has rRows = rows rows, or 1 row added to every row of x),
- * y = (s − mean(s)) / √(var(s) + eps) · w + b (wOff / bOff −1: absent); sOff ≥ 0 also stores s (the pre-LN
- * residual stream). Statistics in double. */
-static napi_value add_layer_norm(napi_env env, napi_callback_info info) {
-  float* heap;
-  int64_t floats, v[9];
-  double eps;
-  if (!heap_ints_doubles(env, info, "addLayerNorm", "(heap, xOff, rOff, rRows, wOff, bOff, yOff, sOff, rows, c, eps)", 9, 1, &heap, &floats, v, &eps)) return NULL;
-  int64_t xOff = v[0], rOff = v[1], rRows = v[2], wOff = v[3], bOff = v[4], yOff = v[5], sOff = v[6], rows = v[7], c = v[8], n = rows * c;
-  if (rows <= 0 || c <= 0 || (rRows != rows && rRows != 1)) return fail(env, "addLayerNorm", "sizes must be positive, and r must have 1 row or as many as x");
-  if (!inside(xOff, n, floats) || (rOff != -1 && !inside(rOff, rRows * c, floats)) || (wOff != -1 && !inside(wOff, c, floats)) ||
-      (bOff != -1 && !inside(bOff, c, floats)) || !inside(yOff, n, floats) || (sOff != -1 && !inside(sOff, n, floats)))
-    return fail(env, "addLayerNorm", "a tensor lies outside the heap");
-  const float *x = heap + xOff, *r = rOff != -1 ? heap + rOff : NULL, *w = wOff != -1 ? heap + wOff : NULL, *b = bOff != -1 ? heap + bOff : NULL;
-  float *y = heap + yOff, *keep = sOff != -1 ? heap + sOff : NULL;
+/* Per row s = x + r (r NULL: s = x; rRows = rows rows, or 1 row added to every row of x), y = (s − mean(s)) /
+ * √(var(s) + eps) · w + b (w, b NULL: absent); keep, when given, also gets s (the pre-LN residual stream).
+ * Statistics in double. */
+static void add_layer_norm_core(const float* x, const float* r, int64_t rRows, const float* w, const float* b, float* y, float* keep, int64_t rows, int64_t c,
+                                double eps) {
   for (int64_t row = 0; row < rows; row++) {
     const float *xr = x + row * c, *rr = r ? r + (rRows == 1 ? 0 : row * c) : NULL;
     float* yr = y + row * c;
@@ -1345,8 +1317,18 @@ static napi_value add_layer_norm(napi_env env, napi_callback_info info) {
       yr[i] = z;
     }
   }
+}
+
+static const char* add_layer_norm_check(int64_t floats, int64_t x, int64_t r, int64_t rRows, int64_t w, int64_t b, int64_t y, int64_t s, int64_t rows, int64_t c) {
+  const int64_t n = rows * c;
+  if (rows <= 0 || c <= 0 || (rRows != rows && rRows != 1)) return "sizes must be positive, and r must have 1 row or as many as x";
+  if (!inside(x, n, floats) || (r != -1 && !inside(r, rRows * c, floats)) || (w != -1 && !inside(w, c, floats)) || (b != -1 && !inside(b, c, floats)) ||
+      !inside(y, n, floats) || (s != -1 && !inside(s, n, floats)))
+    return "a tensor lies outside the heap";
   return NULL;
 }
+
+#define AT(off) ((off) != -1 ? heap + (off) : NULL)
 
 typedef struct {
   const float *q, *bias;
@@ -1394,31 +1376,116 @@ static void attend_part(void* arg, int part, int parts) {
   }
 }
 
-/* attendOne(heap, qOff, qStride, kOff, vOff, cap, keys, biasOff, yOff, rows, heads, hs, kNewOff, vNewOff, newStride, pos, scale):
- * one query per row. K and V are (rows, heads, cap, hs); q of row b, head h is at qOff + b·qStride + h·hs and is
- * scaled by `scale` (as HF BART scales its projected queries). With kNewOff ≥ 0, first K[b, h, pos] = kNew[b·newStride
- * + h·hs …] and V[b, h, pos] = vNew[…] (the cache is written in place). Then s_t = q·K[b, h, t] + bias[b·keys + t]
- * (biasOff −1: no bias) for t < keys, p = softmax(s), and Y[b, h·hs + d] = Σ_t p_t·V[b, h, t, d]: Y is (rows, heads·hs). */
-static napi_value attend_one(napi_env env, napi_callback_info info) {
-  float* heap;
-  int64_t floats, v[15];
-  double scale;
-  if (!heap_ints_doubles(env, info, "attendOne", "(heap, qOff, qStride, kOff, vOff, cap, keys, biasOff, yOff, rows, heads, hs, kNewOff, vNewOff, newStride, pos, scale)", 15, 1,
-                         &heap, &floats, v, &scale))
-    return NULL;
+/* attendOne's checks; v = qOff, qStride, kOff, vOff, cap, keys, biasOff, yOff, rows, heads, hs, kNewOff, vNewOff, newStride, pos. */
+static const char* attend_check(int64_t floats, const int64_t* v) {
   int64_t qOff = v[0], qStride = v[1], kOff = v[2], vOff = v[3], cap = v[4], keys = v[5], biasOff = v[6], yOff = v[7], rows = v[8], heads = v[9], hs = v[10];
   int64_t kNew = v[11], vNew = v[12], newStride = v[13], pos = v[14];
-  if (rows <= 0 || heads <= 0 || hs <= 0 || hs > 4096 || keys <= 0 || keys > cap || qStride < heads * hs) return fail(env, "attendOne", "sizes must be positive, with keys ≤ cap and hs ≤ 4096");
-  if ((kNew != -1) != (vNew != -1) || (kNew != -1 && (pos < 0 || pos >= keys || newStride < heads * hs))) return fail(env, "attendOne", "a new key/value row needs both offsets and 0 ≤ pos < keys");
+  if (rows <= 0 || heads <= 0 || hs <= 0 || hs > 4096 || keys <= 0 || keys > cap || qStride < heads * hs) return "sizes must be positive, with keys ≤ cap and hs ≤ 4096";
+  if ((kNew != -1) != (vNew != -1) || (kNew != -1 && (pos < 0 || pos >= keys || newStride < heads * hs))) return "a new key/value row needs both offsets and 0 ≤ pos < keys";
   if (!inside(qOff, (rows - 1) * qStride + heads * hs, floats) || !inside(kOff, rows * heads * cap * hs, floats) || !inside(vOff, rows * heads * cap * hs, floats) ||
       (biasOff != -1 && !inside(biasOff, rows * keys, floats)) || !inside(yOff, rows * heads * hs, floats) ||
       (kNew != -1 && (!inside(kNew, (rows - 1) * newStride + heads * hs, floats) || !inside(vNew, (rows - 1) * newStride + heads * hs, floats))))
-    return fail(env, "attendOne", "a tensor lies outside the heap");
-  int threads = pool.size;
-  if (!reserve_scratch(threads, keys)) return fail(env, "attendOne", "out of memory");
-  AttendJob j = {heap + qOff, biasOff != -1 ? heap + biasOff : NULL, heap + kOff, heap + vOff, heap + yOff, kNew != -1 ? heap + kNew : NULL, vNew != -1 ? heap + vNew : NULL,
-                 qStride, newStride, cap, keys, heads, hs, pos, rows * heads, (float)scale};
-  run_parallel(attend_part, &j, rows * heads * keys * hs * 2);
+    return "a tensor lies outside the heap";
+  if (!reserve_scratch(pool.size, keys)) return "out of memory";
+  return NULL;
+}
+
+/* After attend_check: the job of `v` (as there) with query scale `scale`. */
+static void attend_core(float* heap, const int64_t* v, float scale) {
+  AttendJob j = {heap + v[0], AT(v[6]), heap + v[2], heap + v[3], heap + v[7], AT(v[11]), AT(v[12]), v[1], v[13], v[4], v[5], v[9], v[10], v[14], v[8] * v[9], scale};
+  run_parallel(attend_part, &j, v[8] * v[9] * v[5] * v[10] * 2);
+}
+
+/* ---------------------------------------------------------------- a recorded decoding step
+ * decodeProgram(heap, program, tokens, position) runs a whole decoding step recorded once per decoding state
+ * (kernels/decode.ts, DecodeProgram): a Float64Array of PROGRAM_SLOTS-number records, one per op, whose
+ * operands are heap offsets (−1: absent) fixed for the state's life, and whose only inputs that change
+ * from step to step are the rows' tokens (Int32Array) and the position. One call per step instead of one per
+ * op: the ~50 calls of a step each cost more in JS than in arithmetic. Every record is checked as its
+ * single-op function checks its operands, before it runs. Records:
+ *   1 linear:     x, w, b, y, rows, in, out, act, transposed
+ *   2 add + norm: x, r, rRows, w, b, y, s, rows, c, eps
+ *   3 attention:  q, qStride, k, v, cap, keys, bias, y, rows, heads, hs, kNew, vNew, newStride, scale
+ *                 (kNew ≥ 0: self-attention, keys = position + 1 and the new row goes at the position)
+ *   4 embedding:  table, tableRows, positions, positionRows, y, rows, c, scale: y[r] = table[token r]·scale + positions[position]
+ *   5 multiply:   a, b, y, n (y = a ⊙ b)
+ *   6 add:        a, b, y, n */
+#define PROGRAM_SLOTS 16
+enum { OP_LINEAR = 1, OP_ADD_LAYER_NORM = 2, OP_ATTEND = 3, OP_EMBED = 4, OP_MUL = 5, OP_ADD = 6 };
+
+static napi_value decode_program(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  float* heap;
+  int64_t floats, position;
+  if (argc != 4 || !heap_of(env, argv[0], &heap, &floats) || !int_arg(env, argv[3], &position)) return fail(env, "decodeProgram", "expected (heap, program, tokens, position)");
+  napi_typedarray_type kind, tokKind;
+  size_t slots, nTokens;
+  void *progData, *tokData;
+  if (napi_get_typedarray_info(env, argv[1], &kind, &slots, &progData, NULL, NULL) != napi_ok || kind != napi_float64_array || slots % PROGRAM_SLOTS != 0)
+    return fail(env, "decodeProgram", "the program must be a Float64Array of whole records");
+  if (napi_get_typedarray_info(env, argv[2], &tokKind, &nTokens, &tokData, NULL, NULL) != napi_ok || tokKind != napi_int32_array)
+    return fail(env, "decodeProgram", "the tokens must be an Int32Array");
+  const double* prog = progData;
+  const int32_t* tokens = tokData;
+  char msg[256];
+  for (size_t at = 0; at < slots; at += PROGRAM_SLOTS) {
+    const double* rec = prog + at;
+    int64_t a[PROGRAM_SLOTS - 1];
+    for (int i = 0; i < PROGRAM_SLOTS - 1; i++) a[i] = (int64_t)rec[1 + i];
+    const char* bad = NULL;
+    switch ((int)rec[0]) {
+      case OP_LINEAR:
+        if (!(bad = linear_check(floats, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7])))
+          linear_core(heap + a[0], heap + a[1], AT(a[2]), heap + a[3], a[4], a[5], a[6], (int)a[7], a[8] != 0);
+        break;
+      case OP_ADD_LAYER_NORM:
+        if (!(bad = add_layer_norm_check(floats, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8])))
+          add_layer_norm_core(heap + a[0], AT(a[1]), a[2], AT(a[3]), AT(a[4]), heap + a[5], AT(a[6]), a[7], a[8], rec[10]);
+        break;
+      case OP_ATTEND: {
+        const bool append = a[11] != -1;
+        /* attend_check's order: q, qStride, k, v, cap, keys, bias, y, rows, heads, hs, kNew, vNew, newStride, pos */
+        int64_t v[15] = {a[0], a[1], a[2], a[3], a[4], append ? position + 1 : a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], append ? position : 0};
+        if (!(bad = attend_check(floats, v))) attend_core(heap, v, (float)rec[15]);
+        break;
+      }
+      case OP_EMBED: {
+        const int64_t table = a[0], tableRows = a[1], pos = a[2], posRows = a[3], y = a[4], rows = a[5], c = a[6];
+        const float scale = (float)rec[8];
+        if (rows <= 0 || c <= 0 || (int64_t)nTokens != rows) bad = "one token per row is needed";
+        else if (position < 0 || position >= posRows) bad = "the position is past the position table";
+        else if (!inside(table, tableRows * c, floats) || !inside(pos, posRows * c, floats) || !inside(y, rows * c, floats)) bad = "a tensor lies outside the heap";
+        for (int64_t r = 0; !bad && r < rows; r++) {
+          if (tokens[r] < 0 || tokens[r] >= tableRows) {
+            bad = "a token is outside the embedding table";
+            break;
+          }
+          const float *t = heap + table + (int64_t)tokens[r] * c, *p = heap + pos + position * c;
+          float* yr = heap + y + r * c;
+          for (int64_t i = 0; i < c; i++) yr[i] = t[i] * scale + p[i];
+        }
+        break;
+      }
+      case OP_MUL:
+      case OP_ADD: {
+        const int64_t x = a[0], z = a[1], y = a[2], n = a[3];
+        if (n <= 0 || !inside(x, n, floats) || !inside(z, n, floats) || !inside(y, n, floats)) bad = "a tensor lies outside the heap";
+        else if ((int)rec[0] == OP_MUL)
+          for (int64_t i = 0; i < n; i++) heap[y + i] = heap[x + i] * heap[z + i];
+        else
+          for (int64_t i = 0; i < n; i++) heap[y + i] = heap[x + i] + heap[z + i];
+        break;
+      }
+      default:
+        bad = "unknown op";
+    }
+    if (bad) {
+      snprintf(msg, sizeof msg, "op %zu (code %d): %s", at / PROGRAM_SLOTS, (int)rec[0], bad);
+      return fail(env, "decodeProgram", msg);
+    }
+  }
   return NULL;
 }
 
@@ -1470,9 +1537,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"groupNorm", NULL, group_norm, NULL, NULL, NULL, napi_enumerable, NULL},
       {"groupNormGrad", NULL, group_norm_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"adamw", NULL, adamw, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"linear", NULL, linear_act, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"addLayerNorm", NULL, add_layer_norm, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"attendOne", NULL, attend_one, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"decodeProgram", NULL, decode_program, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setThreads", NULL, set_threads, NULL, NULL, NULL, napi_enumerable, NULL},
       {"info", NULL, blas_info, NULL, NULL, NULL, napi_enumerable, NULL},
   };

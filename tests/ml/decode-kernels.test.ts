@@ -1,11 +1,12 @@
 /**
- * The fused decoding kernels (src/ml/kernels/decode.ts) against the plain tf ops of nn.ts, and the fused
- * decoding step of DalleBart against its plain step: the same numbers within 1e-5, no tensor growth per
- * step. They need the native kernels (skipped only where those are neither built nor required; CI requires them).
+ * The ops of a recorded decoding program (src/ml/kernels/decode.ts) against the plain tf ops of nn.ts, and
+ * the fused decoding step of DalleBart against its plain step: the same numbers within 1e-5, no tensor
+ * growth per step. They need the native kernels (skipped only where those are neither built nor required;
+ * CI requires them).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initCompute, tf } from '../../src/ml/backend.js';
-import { cachedCrossAttention, cachedSelfAttention, emptyKvCache, fusedAddLayerNorm, fusedAddLayerNormKeepSum, fusedLinear } from '../../src/ml/kernels/decode.js';
+import { DecodeProgram, emptyKvCache, type ProgramRows } from '../../src/ml/kernels/decode.js';
 import { loadNativeKernels, nativeMode, useNativeKernels } from '../../src/ml/kernels/native.js';
 import { bosTokenId, DalleBart, type DalleBartConfig, decoderPositions, decoderVocabSize, disposeDecodeState } from '../../src/ml/models/dallebart.js';
 import * as nn from '../../src/ml/nn.js';
@@ -33,6 +34,18 @@ beforeAll(async () => {
   await initCompute({ backend: 'wasm', selfCheck: false });
 });
 
+/** Records what `build` adds to a new program, runs it once at `position`, and returns its output as a tensor. */
+function once(build: (p: DecodeProgram) => ProgramRows, position = 0, tokens = new Int32Array(0)): tf.Tensor2D {
+  const p = new DecodeProgram();
+  const out = build(p);
+  p.compile(out);
+  try {
+    return tf.tensor2d(p.run(tokens, position), [out.rows, out.cols]);
+  } finally {
+    p.dispose();
+  }
+}
+
 (nativeBuilt ? describe : describe.skip)('fused decoding kernels', () => {
   // 'split': 3 threads and every job split however small, so parts are uneven or empty
   for (const [path, threads, minWork] of [['2 threads', 2, 1 << 15], ['split', 3, 1]] as const) {
@@ -49,8 +62,12 @@ beforeAll(async () => {
           const x = randn(rng, [rows, inDim]) as tf.Tensor2D;
           tf.tidy(() => {
             const want = act === 'none' ? nn.linear(p, 'l', x) : nn.activation(act, nn.linear(p, 'l', x));
-            const got = fusedLinear(x, p.get('l.weight') as tf.Tensor2D, bias ? (p.get('l.bias') as tf.Tensor1D) : undefined, act);
+            const got = once((q) => q.linear(q.rowsOf(x), p.get('l.weight') as tf.Tensor2D, bias ? (p.get('l.bias') as tf.Tensor1D) : undefined, act));
             expect(relDiff(got, want), `${rows}×${inDim}×${outDim}`).toBeLessThan(TOL);
+            // the same weight stored (out, in), as a tied lm head reads it
+            const wT = tf.transpose(p.get('l.weight')) as tf.Tensor2D;
+            const gotT = once((q) => q.linear(q.rowsOf(x), wT, bias ? (p.get('l.bias') as tf.Tensor1D) : undefined, act, true));
+            expect(relDiff(gotT, want), `${rows}×${inDim}×${outDim}, transposed`).toBeLessThan(TOL);
           });
           x.dispose();
           p.dispose();
@@ -74,12 +91,15 @@ beforeAll(async () => {
         tf.tidy(() => {
           const w = p.get('n.weight') as tf.Tensor1D;
           const b = p.get('n.bias') as tf.Tensor1D;
-          expect(relDiff(fusedAddLayerNorm(x, r, w, b), layerNorm(p, 'n', tf.add(x, r)))).toBeLessThan(TOL);
-          expect(relDiff(fusedAddLayerNorm(x, r1, w, b), layerNorm(p, 'n', tf.add(x, r1)))).toBeLessThan(TOL);
-          expect(relDiff(fusedAddLayerNorm(x, undefined, w, b), layerNorm(p, 'n', x))).toBeLessThan(TOL);
+          const norm = (res: tf.Tensor2D | undefined, weight?: tf.Tensor1D, shift?: tf.Tensor1D, eps?: number): tf.Tensor2D =>
+            once((q) => q.addLayerNorm(q.rowsOf(x), res && q.rowsOf(res), weight, shift, eps));
+          expect(relDiff(norm(r, w, b), layerNorm(p, 'n', tf.add(x, r)))).toBeLessThan(TOL);
+          expect(relDiff(norm(r1, w, b), layerNorm(p, 'n', tf.add(x, r1)))).toBeLessThan(TOL);
+          expect(relDiff(norm(undefined, w, b), layerNorm(p, 'n', x))).toBeLessThan(TOL);
           const bare = new Params();
-          expect(relDiff(fusedAddLayerNorm(x, r, undefined, undefined, 1e-6), layerNorm(bare, 'n', tf.add(x, r), 1e-6))).toBeLessThan(TOL);
-          const [y, s] = fusedAddLayerNormKeepSum(x, r, w, b);
+          expect(relDiff(norm(r, undefined, undefined, 1e-6), layerNorm(bare, 'n', tf.add(x, r), 1e-6))).toBeLessThan(TOL);
+          const y = once((q) => q.addLayerNormKeepSum(q.rowsOf(x), q.rowsOf(r), w, b)[0]);
+          const s = once((q) => q.addLayerNormKeepSum(q.rowsOf(x), q.rowsOf(r), w, b)[1]);
           expect(relDiff(y, layerNorm(p, 'n', tf.add(x, r)))).toBeLessThan(TOL);
           expect(relDiff(s, tf.add(x, r))).toBe(0);
         });
@@ -103,7 +123,7 @@ beforeAll(async () => {
         let tensors = -1;
         for (let t = 0; t < T; t++) {
           const x = randn(rng, [B, C]) as tf.Tensor2D;
-          const got = tf.tidy(() => cachedSelfAttention(fusedLinear(x, qkvW, qkvB), cache, t, nh));
+          const got = once((q) => q.selfAttention(q.linear(q.rowsOf(x), qkvW, qkvB), cache, nh), t);
           const ref = tf.tidy(() => {
             const r = nn.attention(p, 'a', tf.reshape(x, [B, 1, C]) as tf.Tensor3D, { numHeads: nh, causal: true, ...(plain ? { cache: plain } : {}) });
             return { out: r.out, k: r.cache.k, v: r.cache.v };
@@ -140,7 +160,8 @@ beforeAll(async () => {
         const x = randn(rng, [B, C]) as tf.Tensor2D;
         tf.tidy(() => {
           const bias = tf.mul(tf.sub(1, tf.cast(mask, 'float32')), -1e9) as tf.Tensor2D;
-          const got = nn.linear(p, 'a.out_proj', cachedCrossAttention(nn.linear(p, 'a.q_proj', x) as tf.Tensor2D, kv, bias, nh));
+          const q = nn.linear(p, 'a.q_proj', x) as tf.Tensor2D;
+          const got = nn.linear(p, 'a.out_proj', once((prog) => prog.crossAttention(prog.rowsOf(q), kv, bias, nh)));
           const want = nn.attention(p, 'a', tf.reshape(x, [B, 1, C]) as tf.Tensor3D, { numHeads: nh, contextCache: kv, keyMask: mask }).out;
           expect(relDiff(got, tf.reshape(want, [B, C]))).toBeLessThan(TOL);
         });
@@ -148,13 +169,36 @@ beforeAll(async () => {
         p.dispose();
       });
 
-      it('refuses shapes that do not fit', () => {
+      it('refuses shapes that do not fit, a position past the cache, a token outside the table, and a disposed operand', () => {
         const x = tf.zeros([2, 8]) as tf.Tensor2D;
         const w = tf.zeros([7, 4]) as tf.Tensor2D;
-        expect(() => fusedLinear(x, w, undefined)).toThrow(/do not fit/);
+        expect(() => once((q) => q.linear(q.rowsOf(x), w))).toThrow(/linear: .* do not fit/);
         const cache = emptyKvCache(2, 2, 3, 4);
-        expect(() => cachedSelfAttention(tf.zeros([2, 24]) as tf.Tensor2D, cache, 3, 2)).toThrow(/do not fit/); // position 3 of a 3-row cache
-        tf.dispose([x, w, cache.k, cache.v]);
+        const wqkv = tf.zeros([8, 24]) as tf.Tensor2D;
+        expect(() => once((q) => q.selfAttention(q.linear(q.rowsOf(x), wqkv), emptyKvCache(2, 3, 3, 4), 2))).toThrow(/self-attention: .* do not fit/);
+        expect(() => once((q) => q.selfAttention(q.linear(q.rowsOf(x), wqkv), cache, 2), 3)).toThrow(/op 1 \(code 3\): .*keys ≤ cap/); // position 3 of a 3-row cache
+        const table = tf.zeros([5, 8]) as tf.Tensor2D;
+        const positions = tf.zeros([4, 8]) as tf.Tensor2D;
+        expect(() => once((q) => q.embed(2, table, positions, 1, 1), 0, Int32Array.from([1, 5]))).toThrow(/outside the embedding table/);
+        expect(() => once((q) => q.embed(2, table, positions, 1, 1), 3, Int32Array.from([1, 2]))).toThrow(/past the position table/);
+        const prog = new DecodeProgram();
+        prog.compile(prog.linear(prog.rowsOf(x), wqkv));
+        wqkv.dispose();
+        expect(() => prog.run(new Int32Array(0), 0)).toThrow(/\[8,24\]\) was disposed/);
+        prog.dispose();
+        tf.dispose([x, w, cache.k, cache.v, table, positions]);
+      });
+
+      it('an embedding row is the token row, scaled, plus the position row', () => {
+        const rng = new Rng(6);
+        const table = randn(rng, [6, 8]) as tf.Tensor2D;
+        const positions = randn(rng, [5, 8]) as tf.Tensor2D;
+        const got = once((q) => q.embed(2, table, positions, 2, 1.5), 1, Int32Array.from([4, 0]));
+        tf.tidy(() => {
+          const want = tf.add(tf.mul(tf.gather(table, [4, 0]), 1.5), tf.slice(positions, [3, 0], [1, 8]));
+          expect(relDiff(got, want)).toBeLessThan(TOL);
+        });
+        tf.dispose([table, positions, got]);
       });
     });
   }

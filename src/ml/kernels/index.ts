@@ -2,14 +2,13 @@
  * Our wasm kernels: what tfjs-backend-wasm 4.22.0 lacks (Conv2DBackpropFilter, UnsortedSegmentSum) or
  * runs far below XNNPACK speed (Conv2DBackpropInput, BatchMatMul), plus a gradient fix. Conv2D, its
  * gradients and BatchMatMul switch to the native OpenBLAS kernels when those are loaded (native.ts).
- * With those, the fused kernels of an incremental decoding step are registered too (decode.ts).
+ * An incremental decoding step runs as one recorded native program (decode.ts), outside the kernel registry.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { batchMatMulConfig, batchMatMulGradConfig } from './batch-matmul.js';
 import { cpuResizeNearestNeighborGradConfig } from './cpu-resize-grad.js';
 import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig, conv2DConfig } from './conv.js';
 import { BINARY_KERNELS, binaryConfigs, castConfig, identityConfig, sumConfig, UNARY_KERNELS, unaryConfigs } from './elementwise.js';
-import { addLayerNormConfig, attendOneConfig, decodeLinearConfig } from './decode.js';
 import { unsortedSegmentSumConfig } from './segment-sum.js';
 import { adamwUpdateConfig, dropoutMaskConfig, geluConfig, geluGradConfig, groupNormConfig, groupNormGradConfig, sparseXentConfig, sparseXentGradConfig, swishConfig, swishGradConfig } from './fused.js';
 import { captureStockKernels } from './wasm-heap.js';
@@ -38,9 +37,6 @@ export const WASM_KERNELS: readonly tf.KernelConfig[] = [
   geluConfig,
   geluGradConfig,
   dropoutMaskConfig,
-  decodeLinearConfig,
-  addLayerNormConfig,
-  attendOneConfig,
 ];
 
 /** Stock wasm kernels ours call into. */

@@ -38,15 +38,11 @@ export interface NativeKernels {
   unary(heap: ArrayBuffer, op: number, xOff: number, yOff: number, n: number): void;
   /** y[i] = a[i] ∘ b[i mod bn], ∘ by code: add 0, sub 1, mul 2; bn divides n. */
   binary(heap: ArrayBuffer, op: number, aOff: number, bOff: number, yOff: number, n: number, bn: number): void;
-  /** y[rows, out] = act(x[rows, in] · W[in, out] + b); bOff −1 = no bias; act: none 0, gelu 1, gelu_new 2, relu 3, swish 4. */
-  linear(heap: ArrayBuffer, xOff: number, wOff: number, bOff: number, yOff: number, rows: number, inDim: number, outDim: number, act: number): void;
-  /** Per row: s = x + r (rOff −1: x; r of rRows = rows or 1 row), y = LN(s)·w + b (wOff/bOff −1: absent); sOff ≥ 0 also stores s. */
-  addLayerNorm(heap: ArrayBuffer, xOff: number, rOff: number, rRows: number, wOff: number, bOff: number, yOff: number, sOff: number, rows: number, c: number, eps: number): void;
   /**
-   * One query per row over K/V (rows, heads, cap, hs): optionally writes the new key/value row at `pos` in place
-   * first (kNewOff/vNewOff −1: none), then softmax(scale·q·kᵀ + bias)·v over `keys` keys → y (rows, heads·hs).
+   * One decoding step recorded by kernels/decode.ts's DecodeProgram: records of 16 numbers (op code, heap
+   * offsets, sizes), run in order for the rows' tokens at `position`.
    */
-  attendOne(heap: ArrayBuffer, qOff: number, qStride: number, kOff: number, vOff: number, cap: number, keys: number, biasOff: number, yOff: number, rows: number, heads: number, hs: number, kNewOff: number, vNewOff: number, newStride: number, pos: number, scale: number): void;
+  decodeProgram(heap: ArrayBuffer, program: Float64Array, tokens: Int32Array, position: number): void;
   /** Threads of the addon's pool, the calling thread included; jobs below minParallelWork run on one. */
   setThreads(n: number, minParallelWork?: number): void;
   info(): { blas: string; core: string; threads: number };
@@ -87,7 +83,7 @@ function addonPath(): string {
 const BUILD_HINT = 'build them with `npm run build:native` (needs g++ and libopenblas-dev: apt-get install -y g++ libopenblas-dev)';
 
 /** Every function of the addon, checked at load. */
-const KERNEL_FUNCTIONS: ReadonlyArray<keyof NativeKernels> = ['sgemm', 'sum', 'sparseXent', 'sparseXentGrad', 'adamw', 'swishGrad', 'geluGrad', 'dropoutMask', 'groupNorm', 'groupNormGrad', 'unary', 'binary', 'linear', 'addLayerNorm', 'attendOne', 'setThreads', 'info'];
+const KERNEL_FUNCTIONS: ReadonlyArray<keyof NativeKernels> = ['sgemm', 'sum', 'sparseXent', 'sparseXentGrad', 'adamw', 'swishGrad', 'geluGrad', 'dropoutMask', 'groupNorm', 'groupNormGrad', 'unary', 'binary', 'decodeProgram', 'setThreads', 'info'];
 
 let loaded: NativeStatus | null = null;
 

@@ -35,7 +35,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { z } from 'zod';
 import { convertHint, convertProblem } from '../checkpoints/hint.js';
 import { BartConfigSchema, readHfConfig, writeHfConfig, type BartConfig } from '../hf-config.js';
-import { cachedCrossAttention, cachedSelfAttention, emptyKvCache, fusedAddLayerNorm, fusedAddLayerNormKeepSum, fusedLinear } from '../kernels/decode.js';
+import { DecodeProgram, emptyKvCache, type ProgramRows } from '../kernels/decode.js';
 import { nativeFusionActive } from '../kernels/ops.js';
 import {
   attention,
@@ -397,8 +397,10 @@ function decoderLayer(p: Params, c: DalleBartConfig, i: number, x: tf.Tensor3D, 
   return { h, cache: cache as KVCache };
 }
 
-/** What a fused decoding step reads besides the parameters: see `DecodeState.fused`. */
+/** A fused decoding step: its recorded program and the buffers it owns besides the parameters (see `DecodeState.fused`). */
 interface FusedDecoding {
+  /** the whole step, recorded once (kernels/decode.ts): tokens and position in, logits (B, V) out */
+  program: DecodeProgram;
   /** per decoder layer: self-attention q|k|v projections side by side, (C, 3C), and their biases (3C) */
   qkv: { w: tf.Tensor2D; b?: tf.Tensor1D }[];
   /** per decoder layer: self-attention K/V of every position, (B, nh, positions, hs), filled in place step by step */
@@ -409,36 +411,35 @@ interface FusedDecoding {
 
 /**
  * The residual stream of a fused step, (B, C) rows: `h`, plus `pending`, the last pre-LN sub-layer's output
- * not yet added. Pre-LN adds it inside the next norm's kernel (which returns the sum as well), so x + body(LN(x))
+ * not yet added. Pre-LN adds it inside the next norm's op (which returns the sum as well), so x + body(LN(x))
  * costs no op of its own; post-LN never leaves anything pending.
  */
 interface ResidualRows {
-  h: tf.Tensor2D;
-  pending?: tf.Tensor2D;
+  h: ProgramRows;
+  pending?: ProgramRows;
 }
 
 /**
- * `decoderLayer` for one new position per row on the fused kernels (kernels/decode.ts), writing the position's
- * keys/values into `fused.cache[i]`. The same computation as `decoderLayer` with a self cache and cross K/V,
- * in ~11 ops instead of ~120.
+ * `decoderLayer` for one new position per row, recorded on `prog`, writing the position's keys/values into
+ * `bufs.cache[i]`. The same computation as `decoderLayer` with a self cache and cross K/V, in ~11 ops instead of ~120.
  */
-function decoderLayerStep(p: Params, c: DalleBartConfig, i: number, x: ResidualRows, crossKv: KVCache, fused: FusedDecoding, position: number): ResidualRows {
+function decoderLayerStep(prog: DecodeProgram, p: Params, c: DalleBartConfig, i: number, x: ResidualRows, crossKv: KVCache, bufs: Omit<FusedDecoding, 'program'>): ResidualRows {
   const l = `${DEC}.layers.${i}`;
   const nh = c.decoder_attention_heads;
   const opt = (name: string): tf.Tensor1D | undefined => (p.has(name) ? (p.get(name) as tf.Tensor1D) : undefined);
-  const lin = (prefix: string, y: tf.Tensor2D, act: 'none' | Activation = 'none'): tf.Tensor2D => fusedLinear(y, p.get(`${prefix}.weight`) as tf.Tensor2D, opt(`${prefix}.bias`), act);
-  const qkv = fused.qkv[i] as FusedDecoding['qkv'][number];
-  const selfAttn = (y: tf.Tensor2D): tf.Tensor2D => lin(`${l}.self_attn.out_proj`, cachedSelfAttention(fusedLinear(y, qkv.w, qkv.b), fused.cache[i] as KVCache, position, nh));
-  const crossAttn = (y: tf.Tensor2D): tf.Tensor2D => lin(`${l}.encoder_attn.out_proj`, cachedCrossAttention(lin(`${l}.encoder_attn.q_proj`, y), crossKv, fused.crossBias, nh));
-  const ffn = (y: tf.Tensor2D): tf.Tensor2D => {
+  const lin = (prefix: string, y: ProgramRows, act: 'none' | Activation = 'none'): ProgramRows => prog.linear(y, p.get(`${prefix}.weight`) as tf.Tensor2D, opt(`${prefix}.bias`), act);
+  const qkv = bufs.qkv[i] as FusedDecoding['qkv'][number];
+  const selfAttn = (y: ProgramRows): ProgramRows => lin(`${l}.self_attn.out_proj`, prog.selfAttention(prog.linear(y, qkv.w, qkv.b), bufs.cache[i] as KVCache, nh));
+  const crossAttn = (y: ProgramRows): ProgramRows => lin(`${l}.encoder_attn.out_proj`, prog.crossAttention(lin(`${l}.encoder_attn.q_proj`, y), crossKv, bufs.crossBias, nh));
+  const ffn = (y: ProgramRows): ProgramRows => {
     if (!c.use_glu) return lin(`${l}.fc2`, lin(`${l}.fc1`, y, c.activation_function));
-    return lin(`${l}.fc2`, tf.mul(lin(`${l}.fc0`, y, c.activation_function), lin(`${l}.fc1`, y)) as tf.Tensor2D);
+    return lin(`${l}.fc2`, prog.mul(lin(`${l}.fc0`, y, c.activation_function), lin(`${l}.fc1`, y)));
   };
-  // postln: LN(x + body(x)), the add inside the norm's kernel; preln: x + body(LN(x)), the add left pending
-  const sub = (norm: string, r: ResidualRows, body: (y: tf.Tensor2D) => tf.Tensor2D): ResidualRows => {
+  // postln: LN(x + body(x)), the add inside the norm's op; preln: x + body(LN(x)), the add left pending
+  const sub = (norm: string, r: ResidualRows, body: (y: ProgramRows) => ProgramRows): ResidualRows => {
     const [w, b] = [opt(`${norm}.weight`), opt(`${norm}.bias`)];
-    if (c.ln_positions === 'postln') return { h: fusedAddLayerNorm(r.h, body(r.h), w, b) };
-    const [y, h] = r.pending ? fusedAddLayerNormKeepSum(r.h, r.pending, w, b) : [fusedAddLayerNorm(r.h, undefined, w, b), r.h];
+    if (c.ln_positions === 'postln') return { h: prog.addLayerNorm(r.h, body(r.h), w, b) };
+    const [y, h] = r.pending ? prog.addLayerNormKeepSum(r.h, r.pending, w, b) : [prog.addLayerNorm(r.h, undefined, w, b), r.h];
     return { h, pending: body(y) };
   };
   let r = sub(`${l}.self_attn_layer_norm`, x, selfAttn);
@@ -497,9 +498,9 @@ export interface DecodeState {
   /** per decoder layer: self-attention K/V of the consumed tokens, (B, nh, position, hs); empty before the first step (and on the fused path) */
   readonly self: readonly KVCache[];
   /**
-   * The fused path (native kernels): preallocated self-attention K/V for every position, written in place
-   * (so a step copies no past), q|k|v weights side by side and the cross-attention bias; `self` stays empty.
-   * Its buffers pass from state to state unchanged.
+   * The fused path (native kernels): the step recorded as one native program over preallocated
+   * self-attention K/V for every position, written in place (so a step copies no past), q|k|v weights side
+   * by side and the cross-attention bias; `self` stays empty. It passes from state to state unchanged.
    */
   readonly fused?: FusedDecoding;
 }
@@ -514,6 +515,7 @@ export function disposeDecodeState(state: DecodeState): void {
   state.encMask.dispose();
   for (const kv of [...state.cross, ...state.self]) tf.dispose([kv.k, kv.v]);
   if (state.fused) {
+    state.fused.program.dispose();
     for (const kv of state.fused.cache) tf.dispose([kv.k, kv.v]);
     for (const p of state.fused.qkv) tf.dispose([p.w, ...(p.b ? [p.b] : [])]);
     state.fused.crossBias.dispose();
@@ -646,17 +648,21 @@ export class DalleBart {
       const kv = crossAttentionCache(this.params, `${DEC}.layers.${i}.encoder_attn`, enc, c.decoder_attention_heads);
       return [kv.k, kv.v];
     }).flat());
-    const state = { position: 0, encMask: tf.clone(encMask), cross: pairUp(flat), self: [] };
-    return fused ? { ...state, fused: this.fusedDecoding(encMask) } : state;
+    const cross = pairUp(flat);
+    const state = { position: 0, encMask: tf.clone(encMask), cross, self: [] };
+    return fused ? { ...state, fused: this.fusedDecoding(encMask, cross) } : state;
   }
 
-  /** The fused path's buffers for B rows: q|k|v weights side by side, empty self caches, the padding bias. */
-  private fusedDecoding(encMask: tf.Tensor2D): FusedDecoding {
+  /**
+   * The fused path's buffers for B rows (q|k|v weights side by side, empty self caches, the padding bias)
+   * and the step recorded on them: embedding → decoder layers → final norm → lm head, rows (B, C) throughout.
+   */
+  private fusedDecoding(encMask: tf.Tensor2D, cross: readonly KVCache[]): FusedDecoding {
     const c = this.config;
     const p = this.params;
     const B = encMask.shape[0];
     const nh = c.decoder_attention_heads;
-    return tf.tidy(() => {
+    const bufs = tf.tidy(() => {
       const qkv = Array.from({ length: c.decoder_layers }, (_, i) => {
         const a = `${DEC}.layers.${i}.self_attn`;
         const w = tf.concat(['q_proj', 'k_proj', 'v_proj'].map((n) => p.get(`${a}.${n}.weight`)), 1) as tf.Tensor2D; // (C, 3C)
@@ -667,6 +673,19 @@ export class DalleBart {
       const crossBias = keyMaskBias(encMask); // (B, S)
       return { qkv, cache, crossBias };
     });
+    const prog = new DecodeProgram();
+    const norm = (prefix: string, x: ProgramRows, r?: ProgramRows): ProgramRows => prog.addLayerNorm(x, r, p.get(`${prefix}.weight`) as tf.Tensor1D, p.get(`${prefix}.bias`) as tf.Tensor1D);
+    // token rows (× √d_model) + the position's row, then layernorm_embedding
+    const tokens = prog.embed(B, p.get(`${this.decoderTokenTable()}.weight`) as tf.Tensor2D, p.get(`${DEC}.embed_positions.weight`) as tf.Tensor2D, decoderPositionOffset(c), c.scale_embedding ? Math.sqrt(c.d_model) : 1);
+    let r: ResidualRows = { h: norm(`${DEC}.layernorm_embedding`, tokens) };
+    for (let i = 0; i < c.decoder_layers; i++) r = decoderLayerStep(prog, p, c, i, r, cross[i] as KVCache, bufs);
+    const h = c.use_final_ln_decoder ? norm(`${DEC}.layer_norm`, r.h, r.pending) : r.pending ? prog.add(r.h, r.pending) : r.h;
+    const logits =
+      c.model_type === 'dallebart'
+        ? prog.linear(h, p.get('lm_head.weight') as tf.Tensor2D) // (B, V)
+        : prog.linear(h, p.get('model.shared.weight') as tf.Tensor2D, p.get('final_logits_bias'), 'none', true); // tied head, (B, V)
+    prog.compile(logits);
+    return { program: prog, ...bufs };
   }
 
   /**
@@ -699,25 +718,10 @@ export class DalleBart {
     return { logits: logits as tf.Tensor2D, state: { position: state.position + 1, encMask: state.encMask, cross: state.cross, self: pairUp(kv) } };
   }
 
-  /** `decodeStep`'s logits on the fused kernels: rows (B, C) throughout, the caches written in place. */
+  /** `decodeStep`'s logits on the fused path: the recorded step, run at this position, the caches written in place. */
   private decodeStepFused(state: DecodeState, fused: FusedDecoding, tokens: tf.Tensor2D): tf.Tensor2D {
-    const c = this.config;
-    const p = this.params;
-    const B = tokens.shape[0];
-    const C = c.d_model;
-    const norm = (prefix: string, x: tf.Tensor2D, r?: tf.Tensor2D): tf.Tensor2D =>
-      fusedAddLayerNorm(x, r, p.get(`${prefix}.weight`) as tf.Tensor1D, p.get(`${prefix}.bias`) as tf.Tensor1D);
-    return tf.tidy(() => {
-      // token rows (× √d_model) + this position's row, then layernorm_embedding: (B, C)
-      let tok = tf.gather(p.get(`${this.decoderTokenTable()}.weight`), tf.reshape(tokens, [B])) as tf.Tensor2D;
-      if (c.scale_embedding) tok = tf.mul(tok, Math.sqrt(C));
-      const pos = tf.slice(p.get(`${DEC}.embed_positions.weight`), [decoderPositionOffset(c) + state.position, 0], [1, C]) as tf.Tensor2D; // (1, C)
-      let r: ResidualRows = { h: norm(`${DEC}.layernorm_embedding`, tok, pos) };
-      for (let i = 0; i < c.decoder_layers; i++) r = decoderLayerStep(p, c, i, r, state.cross[i] as KVCache, fused, state.position);
-      const h = c.use_final_ln_decoder ? norm(`${DEC}.layer_norm`, r.h, r.pending) : r.pending ? (tf.add(r.h, r.pending) as tf.Tensor2D) : r.h;
-      if (c.model_type === 'dallebart') return fusedLinear(h, p.get('lm_head.weight') as tf.Tensor2D, undefined); // (B, V)
-      return tf.add(tf.matMul(h, p.get('model.shared.weight'), false, true), p.get('final_logits_bias')) as tf.Tensor2D; // tied head, (B, V)
-    });
+    const logits = fused.program.run(tokens.dataSync() as Int32Array, state.position);
+    return tf.tensor2d(logits, [tokens.shape[0], decoderVocabSize(this.config)]);
   }
 
   dispose(): void {
