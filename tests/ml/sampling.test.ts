@@ -44,6 +44,17 @@ describe('sampling', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
+  it('padding changes no code: cut after the last used position, and whatever ids the masked positions hold', () => {
+    const sampling = { temperature: 1, topK: 20, condScale: 3 };
+    const req = (t: TextBatch, uncond: TextBatch) => generateCodes(model, { text: t, uncond, seeds: [1, 2], sampling });
+    const want = arr(req(text(), EMPTY));
+    const t = text();
+    const cut = (b: TextBatch, n: number): TextBatch => ({ ...b, length: n, ids: Int32Array.from({ length: b.batch * n }, (_, i) => b.ids[Math.floor(i / n) * 8 + (i % n)] as number), mask: Int32Array.from({ length: b.batch * n }, (_, i) => b.mask[Math.floor(i / n) * 8 + (i % n)] as number) });
+    expect(arr(req(cut(t, 6), cut(EMPTY, 6)))).toEqual(want);
+    const noisy = { ...t, ids: t.ids.map((id, i) => (t.mask[i] ? id : 30 + (i % 9))) };
+    expect(arr(req(noisy, { ...EMPTY, ids: EMPTY.ids.map((id, i) => (EMPTY.mask[i] ? id : 20 + i)) }))).toEqual(want);
+  });
+
   it('the same seed gives the same codes, a different seed different ones; top-k 1 equals greedy; per-row seeds', () => {
     const sampling = { temperature: 1.5 };
     const a = generateCodes(model, { text: text(), seeds: [5, 6], sampling });
