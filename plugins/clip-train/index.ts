@@ -21,7 +21,7 @@ import { NegativesError, WordSwapNegatives } from '../../src/data/negatives.js';
 import { SHAPES, SHAPES_WORD_GROUPS } from '../../src/data/shapes.js';
 import { describeCompute, initCompute, tf } from '../../src/ml/backend.js';
 import { cosine, embedImages, embedTexts, type ClipScorer } from '../../src/ml/clip-rank.js';
-import { Clip, CLIP_MEAN, CLIP_STD, clipConfigToHf, clipTextBatch, loadClip, readClipConfig, resolveClipConfig, saveClip, type ClipConfig } from '../../src/ml/models/clip.js';
+import { Clip, CLIP_MEAN, CLIP_STD, clipConfigToHf, clipTextBatch, clipTokenizer, LEGACY_EOS_ID, loadClip, readClipConfig, resolveClipConfig, saveClip, type ClipConfig } from '../../src/ml/models/clip.js';
 import { normsByName } from '../../src/ml/optim/index.js';
 import { loadTokenizer, saveTokenizer } from '../../src/ml/tokenizers/index.js';
 import { loadVqgan } from '../../src/ml/models/vqgan.js';
@@ -203,11 +203,14 @@ export default definePlugin({
     if (c.init && !existsSync(join(c.init, 'config.json'))) throw new ClipTrainError(`${NAME}: with.init ${c.init} is not a CLIP folder (no config.json)`);
     const initTokenizer = c.init && existsSync(join(c.init, 'tokenizer.json')) ? join(c.init, 'tokenizer.json') : '';
     const tokenizerPath = c.tokenizer || initTokenizer || resolveInput(ctx, NAME, 'tokenizer', '', 'tokenizer', "a tokenizer.json, a CLIP folder as with.init, or add a tokenizer-train stage to needs:");
-    const tok = await loadTokenizer(tokenizerPath);
+    const resume = await findResume(ctx, NAME);
+    const loaded = await loadTokenizer(tokenizerPath);
+    // a run begun before the tokenizer was moved (its config pools at id 2) resumes on the unmoved one
+    const tok = c.init || (resume && readClipConfig(resume.dir).text_config.eos_token_id === LEGACY_EOS_ID) ? loaded : clipTokenizer(loaded);
     const eos = tok.eosId;
     if (eos === null) throw new ClipTrainError(`${NAME}: tokenizer ${tokenizerPath} has no end-of-text token (</s> or <|endoftext|>), which CLIP pools at`);
+    if (tok !== loaded) ctx.logger.info(`${NAME}: the tokenizer's end-of-text token moves from id ${LEGACY_EOS_ID} to ${eos} for CLIP (HF CLIP reads eos_token_id ${LEGACY_EOS_ID} as a legacy config and pools elsewhere); the CLIP folder carries the moved tokenizer`);
 
-    const resume = await findResume(ctx, NAME);
     const m = c.model;
     const fresh = (): ClipConfig =>
       resolveClipConfig({

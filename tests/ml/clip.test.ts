@@ -11,12 +11,13 @@ import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initCompute } from '../../src/ml/backend.js';
 import { rankByScore } from '../../src/ml/clip-rank.js';
-import { Clip, ClipConfigError, clipParamSpecs, clipTextBatch, l2normalize, loadClip, preprocessForClip, resizeBicubic, resolveClipConfig, saveClip, type ClipConfigInput } from '../../src/ml/models/clip.js';
+import { Clip, ClipConfigError, clipParamSpecs, clipTextBatch, clipTokenizer, l2normalize, loadClip, preprocessForClip, resizeBicubic, resolveClipConfig, saveClip, type ClipConfigInput } from '../../src/ml/models/clip.js';
 import { AdamW, disposeGrads, valueAndGrads } from '../../src/ml/optim/index.js';
 import { LoadParamsError } from '../../src/ml/params.js';
 import { Rng } from '../../src/ml/rng.js';
 import { readSafetensors, writeSafetensors } from '../../src/ml/safetensors.js';
-import { tokenizerFromJson } from '../../src/ml/tokenizers/index.js';
+import { tokenizerFromJson, trainByteLevelBpe } from '../../src/ml/tokenizers/index.js';
+import { shapesCaptions } from './tokenizers-corpus.js';
 
 const TINY: ClipConfigInput = {
   projection_dim: 12,
@@ -170,6 +171,28 @@ describe('CLIP inputs', () => {
     // lowercasing: the same ids whatever the case
     expect(tok.encode('A Photo of a CAT').ids).toEqual(tok.encode('a photo of a cat').ids);
     tf.dispose([b.ids, b.mask]);
+  });
+
+  it('a BART-style tokenizer (</s> at 2, which HF CLIP reads as a legacy config) gets </s> at its highest id for CLIP; the pooled token is then the end of the text', () => {
+    const bart = trainByteLevelBpe(shapesCaptions(300, 4), { vocabSize: 300 });
+    expect(bart.eosId).toBe(2);
+    const tok = clipTokenizer(bart);
+    const top = bart.vocabSize - 1;
+    expect([tok.eosId, tok.vocabSize, tok.bosId, tok.padId]).toEqual([top, bart.vocabSize, bart.bosId, bart.padId]);
+    const text = 'a small red circle on a blue background';
+    const before = bart.encode(text).ids;
+    const after = tok.encode(text).ids;
+    expect(after).toEqual(before.map((id) => (id === 2 ? top : id === top ? 2 : id)));
+    expect(after[after.length - 1]).toBe(top);
+    expect(tok.decode(after, { skipSpecial: true })).toBe(bart.decode(before, { skipSpecial: true }));
+    expect(clipTokenizer(tok)).toBe(tok); // nothing to move any more
+    // a CLIP on it pools at the end of the text: the embedding depends on the last word
+    const clip = Clip.create(resolveClipConfig({ ...TINY, text_config: { ...TINY.text_config, max_position_embeddings: 16, vocab_size: tok.vocabSize, eos_token_id: tok.eosId as number, bos_token_id: tok.bosId as number, pad_token_id: tok.padId as number } }), 1);
+    const b = clipTextBatch(tok, ['a red circle on a blue background', 'a red circle on a green background'], 16);
+    const e = clip.encodeText(b.ids, b.mask).arraySync();
+    expect(Math.max(...e[0]!.map((v, i) => Math.abs(v - (e[1]![i] as number))))).toBeGreaterThan(1e-3);
+    tf.dispose([b.ids, b.mask]);
+    clip.dispose();
   });
 
   it('preprocessing resizes the shortest side and centre-crops; an image already at size is untouched', () => {

@@ -82,6 +82,9 @@ describe('clip-train', () => {
 
     // the exported scorer: each held-out image scores its own caption above the mean of the others
     const scorer = await loadClipScorer(dir);
+    // the upstream tokenizer is BART-style (</s> at 2); the folder's has it at the highest id, as its config says
+    expect(scorer.clip.config.text_config.eos_token_id).toBe(scorer.tokenizer.vocabSize - 1);
+    expect(scorer.tokenizer.eosId).toBe(scorer.tokenizer.vocabSize - 1);
     const held = await loadImageSet(inputs.data!.artifacts.heldout!, { resolution: 32, signal: new AbortController().signal, warn: () => {} });
     const per = 32 * 32 * 3;
     const imgs = Array.from({ length: 8 }, (_, k) => Float32Array.from(held.pixels.subarray(k * per, (k + 1) * per), (v) => (v + 1) / 2));

@@ -26,7 +26,7 @@ import { parseHfConfig, readHfConfig, writeHfConfig, AnyConfigSchema } from '../
 import { attention, feedForward, layerNorm, linear, sparseCrossEntropy, type Activation as NnActivation } from '../nn.js';
 import { fromTorchLayout, LoadParamsError, Params, saveParamsFile, shapeMismatches, type ParamKind } from '../params.js';
 import { Rng } from '../rng.js';
-import type { TextTokenizer } from '../tokenizers/index.js';
+import { type TextTokenizer, withSwappedIds } from '../tokenizers/index.js';
 import { convertHint } from '../checkpoints/hint.js';
 import { forEachCheckpointTensor, openHfCheckpoint } from './dallebart.js';
 
@@ -358,6 +358,7 @@ export class Clip {
   /**
    * Where each row's end-of-text token is, as HF CLIP finds it: the first `eos_token_id`, or for a legacy
    * config (eos_token_id 2) the highest id, OpenAI's own rule (its EOT is the last vocabulary entry).
+   * A CLIP trained here never has a real end-of-text token at 2: see `clipTokenizer`.
    */
   private eotPositions(ids: tf.Tensor2D): number[] {
     const [B, L] = ids.shape;
@@ -365,7 +366,7 @@ export class Clip {
     const eos = this.config.text_config.eos_token_id;
     return Array.from({ length: B }, (_, b) => {
       const row = data.subarray(b * L, (b + 1) * L);
-      if (eos === 2) return row.indexOf(Math.max(...row));
+      if (eos === LEGACY_EOS_ID) return row.indexOf(Math.max(...row));
       const at = row.indexOf(eos);
       if (at < 0) throw new ClipError(`text row ${b} has no end-of-text token (id ${eos}); encode it with clipTextBatch`);
       return at;
@@ -408,6 +409,22 @@ export function l2normalize(x: tf.Tensor2D): tf.Tensor2D {
 
 // ---------------------------------------------------------------------------------------------------
 // inputs: text batches and image preprocessing
+
+/** The eos_token_id that HF CLIP reads as a legacy config (pooling at the highest id instead of that token). */
+export const LEGACY_EOS_ID = 2;
+
+/**
+ * The tokenizer a CLIP trained here reads. CLIP pools its text at the end-of-text token, and HF's
+ * CLIPTextTransformer reads eos_token_id 2 as a legacy config and pools at the highest id instead. A
+ * BART-style tokenizer has `</s>` at 2: a CLIP on it pooled at the caption's highest-id token and, its text
+ * tower being causal, never saw the words after it (on shapes, mostly the background). So the CLIP's copy
+ * has `</s>` and the highest id exchanged, and both rules find the end of the text. Other tokenizers are
+ * returned as they are.
+ */
+export function clipTokenizer(tok: TextTokenizer): TextTokenizer {
+  if (tok.eosId !== LEGACY_EOS_ID) return tok;
+  return withSwappedIds(tok, LEGACY_EOS_ID, tok.vocabSize - 1);
+}
 
 /**
  * Text ids for the text tower: each text with the tokenizer's specials (CLIP: `<|startoftext|> … <|endoftext|>`),

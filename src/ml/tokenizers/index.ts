@@ -14,5 +14,5 @@ export {
   type SpecialTokenNames,
   type TokenizerJson,
 } from './tokenizer.js';
-export { byteLevelJsonFromVocab, loadTokenizer, parseMergesTxt, saveTokenizer, tokenizerFromJson, validateTokenizerJson } from './load.js';
+export { byteLevelJsonFromVocab, loadTokenizer, parseMergesTxt, saveTokenizer, tokenizerFromJson, validateTokenizerJson, withSwappedIds } from './load.js';
 export { BART_SPECIAL_TOKENS, trainByteLevelBpe, trainByteLevelBpeJson, type TrainByteLevelBpeOptions } from './train.js';

@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSyn
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { TokenizerError } from './errors.js';
-import { TextTokenizer, type AddedTokenJson, type SpecialTokenNames, type TokenizerJson } from './tokenizer.js';
+import { TextTokenizer, type AddedTokenJson, type ComponentJson, type SpecialTokenNames, type TokenizerJson } from './tokenizer.js';
 
 const KEYS: Record<keyof SpecialTokenNames, string> = { bos: 'bos_token', eos: 'eos_token', pad: 'pad_token', unk: 'unk_token', mask: 'mask_token' };
 
@@ -195,4 +195,34 @@ export function saveTokenizer(tok: TextTokenizer, dir: string): string {
   }
   write(join(dir, 'tokenizer_config.json'), config);
   return file;
+}
+
+/**
+ * The same tokenizer with the ids of two tokens exchanged (`a` ↔ `b`) everywhere a tokenizer.json holds an id:
+ * the model's vocabulary, the added tokens, the post-processor's special tokens and the padding id. Merges
+ * name tokens, not ids, so they stay. For a model that needs a token at another id (clip.ts: CLIP's
+ * end-of-text token must not be id 2).
+ */
+export function withSwappedIds(tok: TextTokenizer, a: number, b: number): TextTokenizer {
+  const json = structuredClone(tok.json) as TokenizerJson;
+  const swap = (id: unknown): unknown => (id === a ? b : id === b ? a : id);
+  const vocab = json.model.vocab as Record<string, number>; // a map: validateTokenizerJson admits no other
+  for (const k of Object.keys(vocab)) vocab[k] = swap(vocab[k]) as number;
+  for (const t of json.added_tokens) t.id = swap(t.id) as number;
+  const processor = (p: ComponentJson | null): void => {
+    if (p === null) return;
+    if (p.type === 'Sequence') for (const q of (p['processors'] as ComponentJson[] | undefined) ?? []) processor(q);
+    for (const key of ['sep', 'cls']) {
+      const pair = p[key];
+      if (Array.isArray(pair)) pair[1] = swap(pair[1]);
+    }
+    const specials = p['special_tokens'];
+    if (specials && typeof specials === 'object') {
+      for (const s of Object.values(specials as Record<string, { ids?: unknown[] }>)) if (Array.isArray(s.ids)) s.ids = s.ids.map(swap);
+    }
+  };
+  processor(json.post_processor);
+  const padding = json.padding as { pad_id?: unknown } | null | undefined;
+  if (padding && typeof padding === 'object' && 'pad_id' in padding) padding.pad_id = swap(padding.pad_id);
+  return tokenizerFromJson(json, tok.source, tok.specialTokens);
 }
