@@ -1376,7 +1376,7 @@ static void attend_part(void* arg, int part, int parts) {
   }
 }
 
-/* attendOne's checks; v = qOff, qStride, kOff, vOff, cap, keys, biasOff, yOff, rows, heads, hs, kNewOff, vNewOff, newStride, pos. */
+/* The attention op's checks (and its scratch); v = qOff, qStride, kOff, vOff, cap, keys, biasOff, yOff, rows, heads, hs, kNewOff, vNewOff, newStride, pos. */
 static const char* attend_check(int64_t floats, const int64_t* v) {
   int64_t qOff = v[0], qStride = v[1], kOff = v[2], vOff = v[3], cap = v[4], keys = v[5], biasOff = v[6], yOff = v[7], rows = v[8], heads = v[9], hs = v[10];
   int64_t kNew = v[11], vNew = v[12], newStride = v[13], pos = v[14];
@@ -1401,8 +1401,8 @@ static void attend_core(float* heap, const int64_t* v, float scale) {
  * (kernels/decode.ts, DecodeProgram): a Float64Array of PROGRAM_SLOTS-number records, one per op, whose
  * operands are heap offsets (−1: absent) fixed for the state's life, and whose only inputs that change
  * from step to step are the rows' tokens (Int32Array) and the position. One call per step instead of one per
- * op: the ~50 calls of a step each cost more in JS than in arithmetic. Every record is checked as its
- * single-op function checks its operands, before it runs. Records:
+ * op: the ~50 calls of a step each cost more in JS than in arithmetic. Every record's operands are checked
+ * (the *_check functions) before it runs. Records:
  *   1 linear:     x, w, b, y, rows, in, out, act, transposed
  *   2 add + norm: x, r, rRows, w, b, y, s, rows, c, eps
  *   3 attention:  q, qStride, k, v, cap, keys, bias, y, rows, heads, hs, kNew, vNew, newStride, scale

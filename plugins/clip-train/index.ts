@@ -204,9 +204,10 @@ export default definePlugin({
     const initTokenizer = c.init && existsSync(join(c.init, 'tokenizer.json')) ? join(c.init, 'tokenizer.json') : '';
     const tokenizerPath = c.tokenizer || initTokenizer || resolveInput(ctx, NAME, 'tokenizer', '', 'tokenizer', "a tokenizer.json, a CLIP folder as with.init, or add a tokenizer-train stage to needs:");
     const resume = await findResume(ctx, NAME);
+    const resumed = resume ? readClipConfig(resume.dir) : null;
     const loaded = await loadTokenizer(tokenizerPath);
     // a run begun before the tokenizer was moved (its config pools at id 2) resumes on the unmoved one
-    const tok = c.init || (resume && readClipConfig(resume.dir).text_config.eos_token_id === LEGACY_EOS_ID) ? loaded : clipTokenizer(loaded);
+    const tok = c.init || resumed?.text_config.eos_token_id === LEGACY_EOS_ID ? loaded : clipTokenizer(loaded);
     const eos = tok.eosId;
     if (eos === null) throw new ClipTrainError(`${NAME}: tokenizer ${tokenizerPath} has no end-of-text token (</s> or <|endoftext|>), which CLIP pools at`);
     if (tok !== loaded) ctx.logger.info(`${NAME}: the tokenizer's end-of-text token moves from id ${LEGACY_EOS_ID} to ${eos} for CLIP (HF CLIP reads eos_token_id ${LEGACY_EOS_ID} as a legacy config and pools elsewhere); the CLIP folder carries the moved tokenizer`);
@@ -238,7 +239,7 @@ export default definePlugin({
         },
       });
     let model: Clip;
-    if (resume) model = Clip.create(readClipConfig(resume.dir), seed); // the loop restores its weights
+    if (resumed) model = Clip.create(resumed, seed); // the loop restores its weights
     else if (c.init) model = await loadClip(c.init);
     else model = Clip.create(fresh(), seed);
     const cfg = model.config;

@@ -56,10 +56,8 @@ export class DecodeProgram {
   private readonly ops: { code: number; fields: Field[] }[] = [];
   private readonly tensors = new Set<tf.Tensor>();
   private arenaFloats = 0;
-  private arena: tf.Tensor1D | null = null;
-  private program: Float64Array | null = null;
-  private out: ProgramRows | null = null;
-  private outOffset = 0;
+  /** after `compile`: the arena, the records, and where the output lies (heap floats) */
+  private compiled: { arena: tf.Tensor1D; program: Float64Array; outOffset: number; outFloats: number } | null = null;
 
   /** A tensor as rows (R, C) for the ops, e.g. a test's input. */
   rowsOf(t: tf.Tensor2D): ProgramRows {
@@ -79,7 +77,7 @@ export class DecodeProgram {
   }
 
   private op(code: number, ...fields: Field[]): void {
-    if (this.program) throw new WasmKernelError(PROGRAM, 'the program is compiled: no op can be added');
+    if (this.compiled) throw new WasmKernelError(PROGRAM, 'the program is compiled: no op can be added');
     this.ops.push({ code, fields });
   }
 
@@ -133,9 +131,9 @@ export class DecodeProgram {
     if (kh !== numHeads || kb !== qkv.rows || !tf.util.arraysEqual(cache.v.shape, cache.k.shape) || qkv.cols !== 3 * C) {
       throw new WasmKernelError(PROGRAM, `self-attention: qkv (${qkv.rows}, ${qkv.cols}) and k/v ${shapeOf(cache.k)} (${numHeads} heads) do not fit`);
     }
-    const y = this.rows(qkv.rows, C);
     if (!('at' in qkv.place)) throw new WasmKernelError(PROGRAM, 'self-attention reads q|k|v from an op of the program');
     const q = qkv.place.at;
+    const y = this.rows(qkv.rows, C);
     this.op(OP.attend, qkv.place, qkv.cols, this.read(cache.k), this.read(cache.v), cap, -1, undefined, y.place, qkv.rows, kh, hs, { at: q + C }, { at: q + 2 * C }, qkv.cols, 1 / Math.sqrt(hs));
     return y;
   }
@@ -170,7 +168,7 @@ export class DecodeProgram {
 
   /** Ends the recording: `out` is what `run` returns. Allocates the arena. */
   compile(out: ProgramRows): void {
-    if (this.program) throw new WasmKernelError(PROGRAM, 'the program is compiled already');
+    if (this.compiled) throw new WasmKernelError(PROGRAM, 'the program is compiled already');
     if (!('at' in out.place)) throw new WasmKernelError(PROGRAM, 'the output must be an op of the program');
     const backend = asWasmBackend(tf.backend());
     const arena = tf.keep(tf.zeros([Math.max(1, this.arenaFloats)]) as tf.Tensor1D); // owned here, whatever scope records
@@ -183,28 +181,25 @@ export class DecodeProgram {
         program[i * SLOTS + 1 + j] = offset(f);
       });
     });
-    this.arena = arena;
-    this.program = program;
-    this.out = out;
-    this.outOffset = base + out.place.at;
+    this.compiled = { arena, program, outOffset: base + out.place.at, outFloats: out.rows * out.cols };
   }
 
   /** Runs every op for the rows' tokens (one per row; none without an embedding) at `position` → a copy of the output rows. */
   run(tokens: Int32Array, position: number): Float32Array {
     const k = nativeKernels();
     if (k === null) throw new WasmKernelError(PROGRAM, 'needs the native kernels, which are not active');
-    if (!this.program || !this.out || !this.arena) throw new WasmKernelError(PROGRAM, 'compile the program before running it');
+    const c = this.compiled;
+    if (!c) throw new WasmKernelError(PROGRAM, 'compile the program before running it');
     for (const t of this.tensors) if (t.isDisposed) throw new WasmKernelError(PROGRAM, `a tensor the program reads (${shapeOf(t)}) was disposed`);
     const backend = asWasmBackend(tf.backend());
-    k.decodeProgram(heapBuffer(backend), this.program, tokens, position);
-    return new Float32Array(heapBuffer(backend), this.outOffset * 4, this.out.rows * this.out.cols).slice();
+    k.decodeProgram(heapBuffer(backend), c.program, tokens, position);
+    return new Float32Array(heapBuffer(backend), c.outOffset * 4, c.outFloats).slice();
   }
 
   /** Releases the arena (not the tensors the program reads). */
   dispose(): void {
-    this.arena?.dispose();
-    this.arena = null;
-    this.program = null;
+    this.compiled?.arena.dispose();
+    this.compiled = null;
   }
 }
 
