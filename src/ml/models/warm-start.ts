@@ -263,3 +263,40 @@ export function formatWarmStartReport(r: WarmStartReport, config?: DalleBartConf
   lines.push('  decoder and lm head left at their initialisation');
   return lines;
 }
+
+/**
+ * Starts the DalleBart's image-code embeddings from the VQGAN's code vectors instead of independent noise:
+ * row k of `model.decoder.embed_tokens` and column k of `lm_head` are code vector k (centred) times one
+ * seeded random projection to d_model, scaled to the N(0, init_std) init's spread. Codes that draw alike
+ * (same colour, similar edge) then start alike on both sides of the decoder, where independent rows
+ * would have to learn every code's relation to every other from the data alone. The BOS row stays as
+ * initialised. Only for a model fresh from `DalleBart.create`.
+ */
+export function initCodeEmbeddings(model: DalleBart, codebook: tf.Tensor2D, seed: number): void {
+  const c = model.config;
+  const [K, D] = codebook.shape;
+  if (c.model_type !== 'dallebart') throw new WarmStartError('codebook', [], `code embeddings from a codebook need a 'dallebart' model, this one is '${c.model_type}'`);
+  if (K !== c.image_vocab_size) throw new WarmStartError('codebook', [], `the codebook has ${K} codes, the model's image vocabulary ${c.image_vocab_size}; encode the data with this VQGAN`);
+  const C = c.d_model;
+  const vectors = codebook.dataSync() as Float32Array;
+  const mean = new Float64Array(D);
+  for (let k = 0; k < K; k++) for (let j = 0; j < D; j++) mean[j] = (mean[j] as number) + (vectors[k * D + j] as number) / K;
+  const projection = new Rng(seed).fillNormal(new Float32Array(D * C)); // (D, C)
+  const rows = new Float32Array(K * C); // (K, C)
+  for (let k = 0; k < K; k++)
+    for (let j = 0; j < D; j++) {
+      const v = (vectors[k * D + j] as number) - (mean[j] as number);
+      for (let i = 0; i < C; i++) rows[k * C + i] = (rows[k * C + i] as number) + v * (projection[j * C + i] as number);
+    }
+  let sq = 0;
+  for (const v of rows) sq += v * v;
+  const scale = c.init_std / Math.sqrt(sq / rows.length || 1);
+  for (let i = 0; i < rows.length; i++) rows[i] = (rows[i] as number) * scale;
+  const embed = model.params.get('model.decoder.embed_tokens.weight'); // (K + 1, C)
+  const head = model.params.get('lm_head.weight'); // (C, K + 1)
+  tf.tidy(() => {
+    const codeRows = tf.tensor2d(rows, [K, C]);
+    embed.assign(tf.concat([codeRows, tf.slice(embed, [K, 0], [1, C])], 0));
+    head.assign(tf.concat([tf.transpose(codeRows), tf.slice(head, [0, K], [C, 1])], 1));
+  });
+}
