@@ -5,15 +5,12 @@
  * gain, a W&B-style table (prompt, rank, score, image) as a JSON table file, and a grid per prompt. With
  * `judge: shapes` the pixel judge says whether re-ranking picks better images: attribute accuracy of the
  * top-1 against a random sample (again the expectation, the mean over all N). It also scores real
- * image-caption pairs (the ceiling a generated image can reach). With `rerank_words`, samples are ranked by
- * CLIP's zero-shot reading of each attribute word instead of its raw score (`attributeScores`).
+ * image-caption pairs (the ceiling a generated image can reach).
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { z } from 'zod';
 import { definePlugin } from '../../src/core/plugins/types.js';
-import { NegativesError, WordSwapNegatives } from '../../src/data/negatives.js';
-import { WordGroupsField, wordGroupsOf } from '../../src/data/shapes.js';
 import { createShapesJudge, parseShapesCaption, scoreShapes, SCORED_ATTRIBUTES, type ShapesJudge, type ShapesScore } from '../../src/data/shapes-judge.js';
 import { describeCompute, initCompute } from '../../src/ml/backend.js';
 import { clipScores, loadClipScorer, rerank } from '../../src/ml/clip-rank.js';
@@ -37,9 +34,6 @@ export const ClipEvalConfig = z
     top_k: z.number().int().min(0).nullable().default(null).describe('top-k; null = the model folder’s'),
     top_p: z.number().positive().max(1).nullable().default(null).describe('top-p; null = the model folder’s'),
     temperature: z.number().positive().nullable().default(null).describe('temperature; null = the model folder’s'),
-    rerank_words: WordGroupsField.nullable()
-      .default(null)
-      .describe("rank by CLIP's reading of each attribute the prompt names against the other words of its group (e.g. its shape against the other shapes), summed; 'shapes' or word groups; null = by CLIP score"),
     judge: z.enum(['none', 'shapes']).default('none').describe("'shapes': judge the pixels of the top-1 and of every sample"),
     real_images: z.string().default('').describe("captioned real images scored as the ceiling; '' = the upstream heldout artifact, 'none' = skip"),
     real_count: posInt.default(256).describe('real pairs scored'),
@@ -96,13 +90,6 @@ export default definePlugin({
     }
     if (prompts.length === 0) throw new ClipEvalError(`${NAME}: no prompts (with.prompts, with.prompts_file and the captions source are all empty)`);
 
-    let attributes: WordSwapNegatives | undefined;
-    try {
-      if (c.rerank_words !== null) attributes = new WordSwapNegatives(wordGroupsOf(c.rerank_words));
-    } catch (e) {
-      if (e instanceof NegativesError) throw new ClipEvalError(`${NAME}: with.rerank_words: ${e.message}`);
-      throw e;
-    }
     const t2i = await loadText2Image(modelDir);
     const scorer = await loadClipScorer(clipDir);
     try {
@@ -110,7 +97,7 @@ export default definePlugin({
       const sampling = { condScale: c.cond_scale ?? defaults.condScale, topK: c.top_k ?? defaults.topK, topP: c.top_p ?? defaults.topP, temperature: c.temperature ?? defaults.temperature };
       const side = t2i.vqgan.config.resolution;
       const N = c.samples_per_prompt;
-      ctx.logger.info(`${NAME}: ${prompts.length} prompts × ${N} samples from ${modelDir}, re-ranked by ${clipDir}${attributes ? ' reading each attribute' : ''}; cond scale ${sampling.condScale}, top-k ${sampling.topK || 'off'}; compute ${describeCompute(info)}`);
+      ctx.logger.info(`${NAME}: ${prompts.length} prompts × ${N} samples from ${modelDir}, re-ranked by ${clipDir}; cond scale ${sampling.condScale}, top-k ${sampling.topK || 'off'}; compute ${describeCompute(info)}`);
       const T = t2i.model.config.image_length;
       ctx.progress.start(prompts.length * N * T, 'code');
       let done = 0;
@@ -126,7 +113,7 @@ export default definePlugin({
       });
       ctx.progress.end();
       if (ctx.signal.aborted) return {};
-      const ranked = rerank(scorer, images, side, attributes ? { attributes } : {}); // per prompt, best first
+      const ranked = rerank(scorer, images, side); // per prompt, best first
 
       const metrics: Record<string, number> = {
         'clip/mean_score': mean(ranked.flat().map((r) => r.score)),
@@ -168,10 +155,10 @@ export default definePlugin({
         for (const r of list.slice(0, c.top)) {
           const file = join(imagesDir, `p${String(p).padStart(3, '0')}-rank${r.rank}.png`);
           await writeFile(file, await rgbToPng(r.item.rgb, side));
-          rows.push([r.item.prompt, r.rank, Number(r.score.toFixed(3)), ...(attributes ? [Number((r.attributeScore ?? 0).toFixed(3))] : []), relative(ctx.runDir, file), r.item.seed, ...(judge ? [correct.get(r.item) ?? false] : [])]);
+          rows.push([r.item.prompt, r.rank, Number(r.score.toFixed(3)), relative(ctx.runDir, file), r.item.seed, ...(judge ? [correct.get(r.item) ?? false] : [])]);
         }
       }
-      const columns = ['prompt', 'rank', 'clip_score', ...(attributes ? ['attribute_score'] : []), 'image', 'seed', ...(judge ? ['judge_all_correct'] : [])];
+      const columns = ['prompt', 'rank', 'clip_score', 'image', 'seed', ...(judge ? ['judge_all_correct'] : [])];
       const tableDir = join(ctx.runDir, 'media', 'table');
       await mkdir(tableDir, { recursive: true });
       const tablePath = join(tableDir, 'clip_eval.table.json');

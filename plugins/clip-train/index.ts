@@ -18,7 +18,7 @@ import { definePlugin } from '../../src/core/plugins/types.js';
 import { modelPath } from '../../src/core/refs.js';
 import { createShapesJudge, parseShapesCaption, scoreShapes } from '../../src/data/shapes-judge.js';
 import { NegativesError, WordSwapNegatives } from '../../src/data/negatives.js';
-import { SHAPES, WordGroupsField, wordGroupsOf } from '../../src/data/shapes.js';
+import { SHAPES, SHAPES_WORD_GROUPS } from '../../src/data/shapes.js';
 import { describeCompute, initCompute, tf } from '../../src/ml/backend.js';
 import { cosine, embedImages, embedTexts, type ClipScorer } from '../../src/ml/clip-rank.js';
 import { Clip, CLIP_MEAN, CLIP_STD, clipConfigToHf, clipTextBatch, clipTokenizer, LEGACY_EOS_ID, loadClip, readClipConfig, resolveClipConfig, saveClip, type ClipConfig } from '../../src/ml/models/clip.js';
@@ -61,7 +61,9 @@ export const ClipTrainConfig = trainerConfig({
     vqgan: modelPath("VQGAN folder: training images are also shown as its reconstructions (encode → decode), the image domain of the samples CLIP re-ranks; '' = real images only"),
     reconstruction_prob: z.number().min(0).max(1).default(0.5).describe('with vqgan: share of training rows shown as their reconstruction'),
     hard_negatives: z.number().int().min(0).default(0).describe('per pair, this many captions with a word swapped (NegCLIP hard negatives) that its image is also scored against; needs negative_words'),
-    negative_words: WordGroupsField.nullable()
+    negative_words: z
+      .union([z.literal('shapes'), z.array(z.array(z.union([z.string().min(1), z.array(z.string().min(1)).min(1)])).min(2)).min(1)])
+      .nullable()
       .default(null)
       .describe("word groups the hard negatives swap within: 'shapes' (shapes, colours, sizes, positions), or a list of groups, each a list of words or of synonym lists"),
     seed: z.number().int().min(0).nullable().default(null).describe('init/data seed; null = experiment seed'),
@@ -174,7 +176,7 @@ function hardNegatives(c: ClipTrainConfig, captions: readonly string[]): { negat
   if (c.negative_words === null) throw new ClipTrainError(`${NAME}: with.hard_negatives ${c.hard_negatives} needs with.negative_words: 'shapes', or word groups such as [[red, green, blue], [circle, square], [[top, upper], [bottom, lower]]]`);
   let negatives: WordSwapNegatives;
   try {
-    negatives = new WordSwapNegatives(wordGroupsOf(c.negative_words));
+    negatives = new WordSwapNegatives(c.negative_words === 'shapes' ? SHAPES_WORD_GROUPS : c.negative_words);
   } catch (e) {
     if (e instanceof NegativesError) throw new ClipTrainError(`${NAME}: with.negative_words: ${e.message}`);
     throw e;

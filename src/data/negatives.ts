@@ -62,11 +62,16 @@ export class WordSwapNegatives {
    * one the caption already uses), or exchanging two words of one group that mean different things.
    */
   negative(caption: string, uniform: () => number): string | null {
-    const found = this.occurrences(caption);
+    const found: Occurrence[] = [];
+    for (const m of caption.matchAll(/[\p{L}\p{N}'-]+/gu)) {
+      const meaning = this.index.get(m[0].toLowerCase());
+      if (meaning) found.push({ ...meaning, start: m.index, end: m.index + m[0].length });
+    }
     type Edit = { kind: 'replace'; at: Occurrence; by: string[] } | { kind: 'exchange'; a: Occurrence; b: Occurrence };
     const edits: Edit[] = [];
     for (const at of found) {
-      const by = this.replacements(found, at);
+      const used = new Set(found.filter((o) => o.group === at.group).map((o) => o.entry));
+      const by = this.groups[at.group]!.flatMap((e, entry) => (used.has(entry) ? [] : [typeof e === 'string' ? e : (e[0] as string)]));
       if (by.length) edits.push({ kind: 'replace', at, by });
     }
     for (let i = 0; i < found.length; i++)
@@ -79,50 +84,19 @@ export class WordSwapNegatives {
     const pick = <T>(xs: readonly T[]): T => xs[Math.min(xs.length - 1, Math.floor(uniform() * xs.length))] as T;
     const edit = pick(edits);
     const word = (o: Occurrence): string => caption.slice(o.start, o.end);
-    if (edit.kind === 'replace') return splice(caption, [{ o: edit.at, text: pick(edit.by) }]);
-    return splice(caption, [
+    const splice = (parts: Array<{ o: Occurrence; text: string }>): string => {
+      let out = '';
+      let at = 0;
+      for (const { o, text } of [...parts].sort((x, y) => x.o.start - y.o.start)) {
+        out += caption.slice(at, o.start) + text;
+        at = o.end;
+      }
+      return out + caption.slice(at);
+    };
+    if (edit.kind === 'replace') return splice([{ o: edit.at, text: pick(edit.by) }]);
+    return splice([
       { o: edit.a, text: word(edit.b) },
       { o: edit.b, text: word(edit.a) },
     ]);
   }
-
-  /**
-   * For each grouped word of `caption` (in caption order), the caption with that word replaced by each other
-   * entry of its group that the caption does not already use: the alternatives a zero-shot reading of that one
-   * attribute chooses among ("a red circle" → [["a red square", …], ["a green circle", …]]).
-   */
-  alternatives(caption: string): string[][] {
-    const found = this.occurrences(caption);
-    return found.flatMap((at) => {
-      const by = this.replacements(found, at);
-      return by.length ? [by.map((text) => splice(caption, [{ o: at, text }]))] : [];
-    });
-  }
-
-  /** The grouped words of `caption` with their place. */
-  private occurrences(caption: string): Occurrence[] {
-    const found: Occurrence[] = [];
-    for (const m of caption.matchAll(/[\p{L}\p{N}'-]+/gu)) {
-      const meaning = this.index.get(m[0].toLowerCase());
-      if (meaning) found.push({ ...meaning, start: m.index, end: m.index + m[0].length });
-    }
-    return found;
-  }
-
-  /** Words (the first synonym of each entry) that may replace `at`: its group's entries no word of the caption uses. */
-  private replacements(found: readonly Occurrence[], at: Occurrence): string[] {
-    const used = new Set(found.filter((o) => o.group === at.group).map((o) => o.entry));
-    return this.groups[at.group]!.flatMap((e, entry) => (used.has(entry) ? [] : [typeof e === 'string' ? e : (e[0] as string)]));
-  }
-}
-
-/** `caption` with each occurrence's span replaced by its text. */
-function splice(caption: string, parts: ReadonlyArray<{ o: Occurrence; text: string }>): string {
-  let out = '';
-  let at = 0;
-  for (const { o, text } of [...parts].sort((x, y) => x.o.start - y.o.start)) {
-    out += caption.slice(at, o.start) + text;
-    at = o.end;
-  }
-  return out + caption.slice(at);
 }

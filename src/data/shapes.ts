@@ -4,7 +4,6 @@
  * the JSON of each sample records the exact RGB values and the shape's bounding box.
  */
 import sharp from 'sharp';
-import { z } from 'zod';
 import { DataError } from './errors.js';
 import type { WordGroups } from './negatives.js';
 import { SeededRng, hashSeed } from './rng.js';
@@ -55,14 +54,6 @@ export const POSITION_WORDS: Record<PositionName, readonly string[]> = {
  * and background alike, so exchanging the two is a negative too), sizes, and positions with their synonyms.
  */
 export const SHAPES_WORD_GROUPS: WordGroups = [SHAPES, COLOUR_NAMES, SIZES, POSITIONS.map((p) => POSITION_WORDS[p])];
-
-/** A `with:` field of word groups: 'shapes' (the groups above), or a list of groups, each a list of words or of synonym lists. */
-export const WordGroupsField = z.union([z.literal('shapes'), z.array(z.array(z.union([z.string().min(1), z.array(z.string().min(1)).min(1)])).min(2)).min(1)]);
-
-/** The word groups a `WordGroupsField` value names. */
-export function wordGroupsOf(spec: z.output<typeof WordGroupsField>): WordGroups {
-  return spec === 'shapes' ? SHAPES_WORD_GROUPS : spec;
-}
 
 export interface ShapeAttributes {
   shape: ShapeName;

@@ -1,14 +1,12 @@
 /**
  * CLIP as a scorer: a model folder (config.json, model.safetensors, tokenizer.json) loaded once, images and
  * texts embedded in batches, each image's CLIP score for its prompt, and best-first re-ranking, as DALL·E mini
- * shows the best of many samples. The score is CLIP's usual `100 · max(cos, 0)`. Given groups of attribute words,
- * re-ranking can instead read each attribute the prompt asks for, zero-shot, against its alternatives.
+ * shows the best of many samples. The score is CLIP's usual `100 · max(cos, 0)`.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { Clip, ClipError, clipTextBatch, l2normalize, loadClip, preprocessForClip } from './models/clip.js';
-import type { WordSwapNegatives } from '../data/negatives.js';
 import { loadTokenizer, type TextTokenizer } from './tokenizers/index.js';
 
 export interface ClipScorer {
@@ -72,68 +70,15 @@ export function cosine(a: Float32Array, i: number, b: Float32Array, j: number, d
   return s;
 }
 
-/** Unit embeddings of some texts (each once) and of images, as the scores below read them. */
-interface Embedded {
-  texts: Float32Array;
-  row: Map<string, number>;
-  images: Float32Array;
-  d: number;
-}
-
-function embedPairs(s: ClipScorer, texts: Iterable<string>, images: readonly (Uint8Array | Float32Array)[], side: number): Embedded {
-  const unique = [...new Set(texts)];
-  return { texts: embedTexts(s, unique), row: new Map(unique.map((u, i) => [u, i])), images: embedImages(s, images, side), d: s.clip.config.projection_dim };
-}
-
-const cosineOf = (e: Embedded, text: string, image: number): number => cosine(e.texts, e.row.get(text) as number, e.images, image, e.d);
-
-function pairUp(what: string, texts: readonly string[], images: readonly unknown[]): void {
-  if (texts.length !== images.length) throw new ClipError(`${what}: ${texts.length} texts for ${images.length} images; they pair up one to one`);
-}
-
 /** The CLIP score of image i for text i: 100 · max(cos, 0). */
 export function clipScores(s: ClipScorer, texts: readonly string[], images: readonly (Uint8Array | Float32Array)[], side: number): number[] {
-  pairUp('clipScores', texts, images);
-  const e = embedPairs(s, texts, images, side);
-  return texts.map((t, i) => 100 * Math.max(0, cosineOf(e, t, i)));
-}
-
-/** Each text's alternatives (`WordSwapNegatives.alternatives`), computed once per distinct text. */
-function alternativesOf(texts: readonly string[], words: WordSwapNegatives): Map<string, string[][]> {
-  const out = new Map<string, string[][]>();
-  for (const t of texts) if (!out.has(t)) out.set(t, words.alternatives(t));
-  return out;
-}
-
-function attributeScoresOf(s: ClipScorer, e: Embedded, texts: readonly string[], alternatives: Map<string, string[][]>): number[] {
-  const scale = tf.tidy(() => s.clip.logitScale().dataSync()[0] as number);
-  return texts.map((t, i) => {
-    const own = scale * cosineOf(e, t, i);
-    let sum = 0;
-    for (const alts of alternatives.get(t) as string[][]) {
-      const logits = [own, ...alts.map((a) => scale * cosineOf(e, a, i))];
-      const max = Math.max(...logits);
-      sum += own - max - Math.log(logits.reduce((acc, l) => acc + Math.exp(l - max), 0));
-    }
-    return sum;
-  });
-}
-
-/**
- * Attribute score of image i for text i: for each grouped word of the text (a colour, a shape, …), CLIP's
- * log-probability of the text against the text with that word replaced by each alternative of its group
- * (softmax over `exp(logit_scale) · cos`, as CLIP's zero-shot classification), summed over the words. 0 means
- * CLIP is sure of every attribute; a text without grouped words scores 0.
- *
- * Raw similarity rewards an image for looking like the prompt as a whole, so a sample with a clean background
- * and the wrong shape can beat one with the right shape; this score asks of each attribute whether the image
- * shows it rather than another.
- */
-export function attributeScores(s: ClipScorer, texts: readonly string[], images: readonly (Uint8Array | Float32Array)[], side: number, words: WordSwapNegatives): number[] {
-  pairUp('attributeScores', texts, images);
-  const alternatives = alternativesOf(texts, words);
-  const e = embedPairs(s, [...alternatives].flatMap(([t, alts]) => [t, ...alts.flat()]), images, side);
-  return attributeScoresOf(s, e, texts, alternatives);
+  if (texts.length !== images.length) throw new ClipError(`clipScores: ${texts.length} texts for ${images.length} images; they pair up one to one`);
+  const d = s.clip.config.projection_dim;
+  const unique = [...new Set(texts)];
+  const t = embedTexts(s, unique);
+  const at = new Map(unique.map((u, i) => [u, i]));
+  const im = embedImages(s, images, side);
+  return texts.map((txt, i) => 100 * Math.max(0, cosine(t, at.get(txt) as number, im, i, d)));
 }
 
 /** Indices of `scores` best first (ties keep their order). */
@@ -141,38 +86,24 @@ export function rankByScore(scores: readonly number[]): number[] {
   return scores.map((_, i) => i).sort((a, b) => (scores[b] as number) - (scores[a] as number) || a - b);
 }
 
-/** A generated sample with its CLIP score, its attribute score when ranked by attributes, and its rank among its prompt's samples (0 = best). */
+/** A generated sample with its CLIP score and its rank among its prompt's samples (0 = best). */
 export interface RankedSample<T> {
   item: T;
   score: number;
-  attributeScore?: number;
   rank: number;
 }
 
 /**
  * Scores each item's image for its prompt and ranks the items of each prompt best first: DALL·E mini's
- * re-ranking by CLIP score, or with `attributes` by `attributeScores` (ties by CLIP score). Returns, per
- * prompt index (in order of first appearance), its items sorted best first.
+ * re-ranking. Returns, per prompt index (in order of first appearance), its items sorted by score.
  */
-export function rerank<T extends { prompt: string; promptIndex: number; rgb: Uint8Array }>(
-  s: ClipScorer,
-  items: readonly T[],
-  side: number,
-  opts: { attributes?: WordSwapNegatives } = {},
-): RankedSample<T>[][] {
-  const prompts = items.map((it) => it.prompt);
-  const alternatives = opts.attributes ? alternativesOf(prompts, opts.attributes) : new Map<string, string[][]>();
-  const e = embedPairs(s, [...prompts, ...[...alternatives.values()].flat(2)], items.map((it) => it.rgb), side);
-  const scores = prompts.map((t, i) => 100 * Math.max(0, cosineOf(e, t, i)));
-  const attr = opts.attributes ? attributeScoresOf(s, e, prompts, alternatives) : undefined;
-  const byPrompt = new Map<number, Omit<RankedSample<T>, 'rank'>[]>();
+export function rerank<T extends { prompt: string; promptIndex: number; rgb: Uint8Array }>(s: ClipScorer, items: readonly T[], side: number): RankedSample<T>[][] {
+  const scores = clipScores(s, items.map((it) => it.prompt), items.map((it) => it.rgb), side);
+  const byPrompt = new Map<number, { item: T; score: number }[]>();
   items.forEach((item, i) => {
     const list = byPrompt.get(item.promptIndex) ?? [];
-    list.push({ item, score: scores[i] as number, ...(attr ? { attributeScore: attr[i] as number } : {}) });
+    list.push({ item, score: scores[i] as number });
     byPrompt.set(item.promptIndex, list);
   });
-  return [...byPrompt.values()].map((list) => {
-    const order = list.map((_, i) => i).sort((a, b) => ((list[b]!.attributeScore ?? 0) - (list[a]!.attributeScore ?? 0)) || list[b]!.score - list[a]!.score || a - b);
-    return order.map((k, rank) => ({ ...(list[k] as Omit<RankedSample<T>, 'rank'>), rank }));
-  });
+  return [...byPrompt.values()].map((list) => rankByScore(list.map((x) => x.score)).map((k, rank) => ({ ...(list[k] as { item: T; score: number }), rank })));
 }

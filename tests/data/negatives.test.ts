@@ -42,19 +42,6 @@ describe('WordSwapNegatives', () => {
     expect([...seen].sort()).toEqual(['a blue circle on red', 'a green circle on blue', 'a red circle on green', 'a red square on blue'].sort());
   });
 
-  it('lists, for each grouped word in caption order, the caption with that word replaced by every other entry', () => {
-    const n = new WordSwapNegatives(groups);
-    expect(n.alternatives('A red circle, upper half, on blue')).toEqual([
-      ['A green circle, upper half, on blue'], // blue is the caption's other colour: not an alternative
-      ['A red square, upper half, on blue'],
-      ['A red circle, bottom half, on blue'], // the entry's first word; never the synonym "top"
-      ['A red circle, upper half, on green'],
-    ]);
-    expect(n.alternatives('a cat on a mat')).toEqual([]);
-    const shapes = new WordSwapNegatives(SHAPES_WORD_GROUPS).alternatives('a small green star on the left on blue');
-    expect(shapes.map((alts) => alts.length)).toEqual([2, 8, 7, 4, 8]); // size, colour, shape, position, background
-  });
-
   it('returns null when no word of the caption is in a group, and matches whole words only', () => {
     const n = new WordSwapNegatives(groups);
     expect(n.negative('a cat on a mat', draws(0))).toBeNull();

@@ -15,9 +15,7 @@ import seq2seq, { Seq2SeqTrainConfig } from '../../plugins/seq2seq-train/index.j
 import { checkPluginShape } from '../../src/core/plugins/registry.js';
 import type { StageOutputs } from '../../src/core/plugins/types.js';
 import { RunStore } from '../../src/core/runs/index.js';
-import { WordSwapNegatives } from '../../src/data/negatives.js';
 import { initCompute } from '../../src/ml/backend.js';
-import { attributeScores, cosine, embedImages, embedTexts, loadClipScorer } from '../../src/ml/clip-rank.js';
 import { saveTokenizer, trainByteLevelBpe } from '../../src/ml/tokenizers/index.js';
 import { loadCaptions } from '../../src/ml/train/data.js';
 import { stageContext } from '../support/stage-context.js';
@@ -76,42 +74,6 @@ describe('clip-eval', () => {
     }
     expect(media.map((x) => x.key)).toEqual(['reranked/0', 'reranked/1']);
     expect(existsSync(res.artifacts!.images!)).toBe(true);
-  });
-
-  it('with rerank_words, ranks by CLIP\'s reading of each attribute against its alternatives', async () => {
-    const run = await store.create({ name: 'eval-attrs', kind: 'stage' });
-    const config = ClipEvalConfig.parse({ prompt_count: 3, samples_per_prompt: 5, top: 5, grids: 1, real_images: 'none', rerank_words: 'shapes' });
-    const before = tf.memory().numTensors;
-    await clipEval.run(stageContext(run, { config, inputs: { data: inputs.data!, seq2seq: inputs.seq2seq!, clip: inputs.clip! } }));
-    expect(tf.memory().numTensors).toBe(before);
-    const table = JSON.parse(readFileSync(join(run.dir, 'media', 'table', 'clip_eval.table.json'), 'utf8')) as { columns: string[]; data: (string | number)[][] };
-    expect(table.columns).toEqual(['prompt', 'rank', 'clip_score', 'attribute_score', 'image', 'seed']);
-    for (let p = 0; p < 3; p++) {
-      const scores = table.data.slice(p * 5, p * 5 + 5).map((r) => r[3] as number);
-      expect(scores).toEqual([...scores].sort((a, b) => b - a)); // best first by attribute score
-      for (const v of scores) expect(v).toBeLessThan(0); // a sum of log-probabilities
-    }
-    await expect(clipEval.run(stageContext(await store.create({ name: 'eval-bad', kind: 'stage' }), { config: ClipEvalConfig.parse({ rerank_words: [['red', 'blue'], ['blue', 'square']] }), inputs: { data: inputs.data!, seq2seq: inputs.seq2seq!, clip: inputs.clip! } }))).rejects.toThrow(/with\.rerank_words: "blue" is in word group 1 and word group 2/);
-  });
-
-  it('an attribute score is the sum over grouped words of log softmax(exp(logit_scale) · cos) of the caption among its alternatives', async () => {
-    const scorer = await loadClipScorer(inputs.clip!.artifacts.clip!);
-    const words = new WordSwapNegatives([['red', 'green', 'blue'], ['circle', 'star', 'square']]);
-    const caption = 'a red star on a blue background';
-    const side = 16;
-    const image = Uint8Array.from({ length: side * side * 3 }, (_, i) => (i * 37) % 256);
-    const [got] = attributeScores(scorer, [caption], [image], side, words);
-    // by hand: the image's cosine with the caption and each alternative, through the public embeddings
-    const texts = [caption, 'a green star on a blue background', 'a red circle on a blue background', 'a red square on a blue background', 'a red star on a green background'];
-    const t = embedTexts(scorer, texts);
-    const im = embedImages(scorer, [image], side);
-    const d = scorer.clip.config.projection_dim;
-    const scale = tf.tidy(() => scorer.clip.logitScale().dataSync()[0] as number);
-    const logit = (k: number) => scale * cosine(t, k, im, 0, d);
-    const logProb = (alts: number[]) => logit(0) - Math.log([0, ...alts].reduce((a, k) => a + Math.exp(logit(k)), 0));
-    expect(got).toBeCloseTo(logProb([1]) + logProb([2, 3]) + logProb([4]), 5);
-    expect(attributeScores(scorer, ['a cat'], [image], side, words)).toEqual([0]);
-    scorer.clip.dispose();
   });
 
   it('minidalle generate --clip re-ranks each prompt\'s samples and keeps the best --top, scores in generations.json', async () => {
