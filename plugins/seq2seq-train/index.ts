@@ -19,7 +19,7 @@ import type { EncodedRow } from '../../src/data/encoded.js';
 import { createShapesJudge, parseShapesCaption, scoreShapes, type ShapesJudge } from '../../src/data/shapes-judge.js';
 import { describeCompute, initCompute, tf } from '../../src/ml/backend.js';
 import { DalleBart, dalleBartConfigToHf, isEncoderParam, readDalleBartConfig, saveDalleBart } from '../../src/ml/models/dallebart.js';
-import { formatWarmStartReport, initCodeEmbeddings, warmStartEncoder } from '../../src/ml/models/warm-start.js';
+import { formatWarmStartReport, warmStartEncoder } from '../../src/ml/models/warm-start.js';
 import { loadVqgan, type Vqgan } from '../../src/ml/models/vqgan.js';
 import { normsByName } from '../../src/ml/optim/index.js';
 import { Rng } from '../../src/ml/rng.js';
@@ -37,10 +37,6 @@ export const Seq2SeqTrainConfig = trainerConfig({
     tokenizer: z.string().default('').describe("tokenizer.json or folder; '' = the upstream stage's tokenizer artifact, else encoder_init's tokenizer.json"),
     vqgan: modelPath("the VQGAN the codes came from; '' = the one recorded in the train dataset's manifest"),
     encoder_init: modelPath('HF BART folder (config.json + model.safetensors or a sharded index) whose encoder and text embeddings warm-start the model; empty = from scratch'),
-    code_embeddings: z
-      .enum(['random', 'codebook'])
-      .default('random')
-      .describe("how the image-code embeddings and lm head start: 'random' (N(0, init_std)), or 'codebook' (the VQGAN's code vectors through one random projection, so codes that draw alike start alike)"),
     freeze_encoder_steps: z.number().int().min(0).default(0).describe('keep the (warm-started) encoder and text embeddings fixed for this many steps'),
     model: TransformerFields.default(() => TransformerFields.parse({})).describe('model sizes (the text and image vocabularies come from the tokenizer and the data)'),
     seed: z.number().int().min(0).nullable().default(null).describe('init/data seed; null = experiment seed'),
@@ -145,12 +141,6 @@ export default definePlugin({
       const report = await warmStartEncoder(model, c.encoder_init);
       ctx.meta({ warm_start: { source: c.encoder_init, copied: report.copied, skipped: report.skipped, resized: report.resized } });
       for (const line of formatWarmStartReport(report, model.config)) ctx.logger.info(`${NAME}: ${line}`);
-    }
-
-    if (!resume && c.code_embeddings === 'codebook') {
-      const codebook = vqgan.codebook();
-      initCodeEmbeddings(model, codebook, deriveSeed(seed, 'code_embeddings'));
-      codebook.dispose();
     }
 
     const lrAt = scheduleFrom(c, c.steps);

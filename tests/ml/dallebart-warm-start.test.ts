@@ -5,7 +5,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initCompute } from '../../src/ml/backend.js';
 import { DalleBart, encoderParamNames, saveDalleBart, type DalleBartConfig } from '../../src/ml/models/dallebart.js';
-import { initCodeEmbeddings, warmStartEncoder, WarmStartError } from '../../src/ml/models/warm-start.js';
+import { warmStartEncoder, WarmStartError } from '../../src/ml/models/warm-start.js';
 import { readSafetensors, writeSafetensors, type RawTensor } from '../../src/ml/safetensors.js';
 import { TINY } from './helpers.js';
 
@@ -164,37 +164,5 @@ describe('warmStartEncoder', () => {
     expect(report.sourceModelType).toBe('bart');
     for (const n of encoderParamNames(model)) expect(model.params.get(n).dataSync(), n).toEqual(pretrained.params.get(n).dataSync());
     await expect(warmStartEncoder(model, tmp('empty'))).rejects.toThrow(/no config\.json/);
-  });
-});
-
-describe('initCodeEmbeddings', () => {
-  it('starts code rows of embed_tokens and lm_head from the codebook: alike codes alike, BOS untouched, init spread kept', () => {
-    const model = DalleBart.create({ ...TINY, image_vocab_size: 6, image_length: 4 }, 5);
-    const C = model.config.d_model;
-    const bosBefore = tf.slice(model.params.get('model.decoder.embed_tokens.weight'), [6, 0], [1, C]);
-    const vectors = [
-      [1, 0, 0],
-      [1, 0, 0], // a duplicate of code 0
-      [0, 1, 0],
-      [0, 0, 1],
-      [0.6, 0.8, 0],
-      [0.5, 0.5, 0], // the midpoint of codes 0 and 2
-    ];
-    const codebook = tf.tensor2d(vectors);
-    const before = tf.memory().numTensors;
-    initCodeEmbeddings(model, codebook, 11);
-    expect(tf.memory().numTensors).toBe(before);
-    const E = model.params.get('model.decoder.embed_tokens.weight').arraySync() as number[][]; // (7, C)
-    const H = tf.transpose(model.params.get('lm_head.weight')).arraySync() as number[][]; // (7, C)
-    expect(E[1]).toEqual(E[0]);
-    expect(E[2]).not.toEqual(E[0]);
-    for (let k = 0; k < 6; k++) expect(H[k]).toEqual(E[k]);
-    expect(E[6]).toEqual((bosBefore.arraySync() as number[][])[0]);
-    const codeRows = E.slice(0, 6).flat();
-    expect(Math.sqrt(codeRows.reduce((a, v) => a + v * v, 0) / codeRows.length)).toBeCloseTo(model.config.init_std, 6);
-    // one linear map of the code vectors: the midpoint of two codes starts at the midpoint of their rows
-    for (let i = 0; i < C; i++) expect(E[5]![i]).toBeCloseTo((E[0]![i]! + E[2]![i]!) / 2, 6);
-    expect(() => initCodeEmbeddings(model, tf.zeros([5, 3]) as tf.Tensor2D, 1)).toThrow(/the codebook has 5 codes, the model's image vocabulary 6/);
-    tf.dispose([codebook, bosBefore]);
   });
 });

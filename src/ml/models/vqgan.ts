@@ -340,11 +340,6 @@ export class Vqgan {
     return { xrec: out, qloss: loss, indices, hLast, z: tf.reshape(z, [-1, this.config.embed_dim]) as tf.Tensor2D };
   }
 
-  /** The code vectors (n_embed, embed_dim) the decoder reads, L2-normalised when `codebook_l2`; the caller owns them. */
-  codebook(): tf.Tensor2D {
-    return tf.tidy(() => tf.clone(codeVectors(this.params, this.config.codebook_l2)));
-  }
-
   /** images (B, H, W, 3) in [-1, 1] → codes (B, h·w) int32 in [0, n_embed). */
   encode(images: tf.Tensor4D): tf.Tensor2D {
     this.checkImages(images);
