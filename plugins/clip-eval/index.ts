@@ -4,7 +4,8 @@
  * score and the mean random-of-N score (the expectation over a uniformly drawn sample, i.e. the mean), their
  * gain, a W&B-style table (prompt, rank, score, image) as a JSON table file, and a grid per prompt. With
  * `judge: shapes` the pixel judge says whether re-ranking picks better images: attribute accuracy of the
- * top-1 against a random sample (again the expectation, the mean over all N). It also scores real
+ * top-1 against a random sample (again the expectation, the mean over all N), and the share of prompts with at
+ * least one all-right sample (what a perfect re-ranker would pick). It also scores real
  * image-caption pairs (the ceiling a generated image can reach).
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -133,6 +134,8 @@ export default definePlugin({
         const random = scoreShapes(all.map((a) => a.j), all.map((a) => parseShapesCaption(a.x.item.prompt)));
         for (const a of all) correct.set(a.x.item, scoreShapes([a.j], [parseShapesCaption(a.x.item.prompt)]).all_correct === 1);
         Object.assign(metrics, judgeMetrics('judge/top1', top1), judgeMetrics('judge/random', random));
+        // the headroom of re-ranking: prompts with at least one all-right sample, the top-1 of a perfect re-ranker
+        metrics['judge/any_of_n/all_correct'] = ranked.filter((r) => r.some((x) => correct.get(x.item))).length / ranked.length;
         if (top1.all_correct !== null && random.all_correct !== null) metrics['judge/top1_minus_random/all_correct'] = top1.all_correct - random.all_correct;
       }
 

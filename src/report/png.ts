@@ -90,26 +90,27 @@ export function summarySvg(data: ReportData): string {
   const ch = 190;
   charts.forEach((c, i) => parts.push(chartSvg(c.chart, PAD + (i % 3) * (cw + 10), y + Math.floor(i / 3) * (ch + 10), cw, ch, c.stage)));
   if (charts.length) y += Math.ceil(charts.length / 3) * (ch + 10) + 6;
-  // the newest image of each media key, scaled to one row height
+  // the newest image of each media key, at most `maxH` tall; each row as tall as its tallest image
   const images: { img: EmbeddedImage; label: string }[] = data.runs.flatMap((r) => r.media.flatMap((m) => (m.images[0] ? [{ img: m.images[0].image, label: `${r.stage}: ${m.key} @${m.images[0].step}` }] : [])));
   let left = PAD;
-  const rowH = 320;
-  let rowUsed = false;
+  const maxH = 320;
+  let rowH = 0; // 0: the row is empty
   for (const { img, label } of images) {
     if (img.width === 0 || img.height === 0) continue;
-    const scale = Math.min(rowH / img.height, 360 / img.width, 8);
+    const scale = Math.min(maxH / img.height, 360 / img.width, 8);
     const w = Math.round(img.width * scale);
     const h = Math.round(img.height * scale);
-    if (left + w > W - PAD && rowUsed) {
+    if (left + w > W - PAD && rowH > 0) {
       y += rowH + 24;
       left = PAD;
+      rowH = 0;
     }
     parts.push(`<text x="${left}" y="${y + 11}" ${FONT} font-size="10" fill="#667085">${x(clip(label, Math.max(12, Math.floor(w / 6))))}</text>`);
     parts.push(`<image x="${left}" y="${y + 16}" width="${w}" height="${h}" preserveAspectRatio="none" style="image-rendering:pixelated" image-rendering="optimizeSpeed" href="${img.dataUri}" xlink:href="${img.dataUri}"/>`);
     left += w + 14;
-    rowUsed = true;
+    rowH = Math.max(rowH, h);
   }
-  if (rowUsed) y += rowH + 24;
+  if (rowH > 0) y += rowH + 24;
   const H = Math.ceil(y + PAD);
   return `<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}"><rect width="100%" height="100%" fill="#f6f7f9"/>${parts.join('')}</svg>`;
 }

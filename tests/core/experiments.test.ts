@@ -53,6 +53,9 @@ describe('shipped experiments', () => {
     expect(ev['clip/best_of_n_score']).toBeGreaterThanOrEqual(ev['clip/random_of_n_score']!);
     console.log(`quickstart (scaled down): ${JSON.stringify({ psnr: summary('vqgan')['eval/psnr'], seq2seq: summary('seq2seq')['eval/attr_acc/colour'], clip: summary('clip')['eval/retrieval/t2i_attr_acc/colour'], top1: ev['judge/top1/attr_acc/colour'], pos: ev['judge/top1/attr_acc/position'] })}`);
     expect(ev['judge/top1/attr_acc/colour']).toBeGreaterThan(0.5); // 8 colours: chance 0.125
+    // a prompt whose top-1 (or any sample) is all right has an all-right sample
+    expect(ev['judge/any_of_n/all_correct']).toBeGreaterThanOrEqual(Math.max(ev['judge/top1/all_correct']!, ev['judge/random/all_correct']!));
+    expect(ev['judge/any_of_n/all_correct']).toBeLessThanOrEqual(1);
     expect(ev['judge/top1/attr_acc/position']).toBeGreaterThan(0.35); // 5 positions: chance 0.2
     const table = JSON.parse(readFileSync(join(dir, 'runs', byStage('eval').id as string, 'media', 'table', 'clip_eval.table.json'), 'utf8'));
     expect(table.data).toHaveLength(32 * 4);

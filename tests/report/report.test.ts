@@ -187,6 +187,21 @@ describe('minidalle report', () => {
     expect(svg).not.toContain(SECRET);
   });
 
+  it('lays the summary images out in rows as tall as their tallest image (a strip of samples takes no more)', async () => {
+    const data = await collectReport(store, [pipelineId], { env: ENV });
+    const strip = { path: 'media/strip.png', dataUri: 'data:image/png;base64,', width: 1000, height: 20, bytes: 1 };
+    const last = data.runs[data.runs.length - 1]!;
+    const withStrips = { ...data, runs: [...data.runs.slice(0, -1), { ...last, media: [...last.media, ...[1, 2, 3].map((i) => ({ key: `strip${i}`, images: [{ step: 0, image: strip }], notShown: 0 }))] }] };
+    const svg = summarySvg(withStrips);
+    const height = Number(/<svg [^>]*height="(\d+)"/.exec(svg)![1]);
+    const images = [...svg.matchAll(/<image x="\d+" y="(\d+)" width="(\d+)" height="(\d+)"/g)].map((m) => ({ y: Number(m[1]), w: Number(m[2]), h: Number(m[3]) }));
+    expect(images).toHaveLength(2 + 3);
+    const strips = images.filter((im) => im.w === 360); // 1000 px wide, scaled to the 360 px cap: 7 px tall
+    expect(strips.map((im) => im.h)).toEqual([7, 7, 7]);
+    const bottom = Math.max(...images.map((im) => im.y + im.h));
+    expect(height - bottom).toBe(8 + 20); // the row's gap below the label offset, then the page margin
+  });
+
   it('keeps to the image budget: the newest snapshot of every key first, the rest counted and said', async () => {
     const data = await collectReport(store, [pipelineId], { env: ENV, imageBudget: 1200 });
     const shown = data.runs.flatMap((r) => r.media.flatMap((m) => m.images.map((i) => `${m.key}@${i.step}`)));
