@@ -70,6 +70,19 @@ export async function inPage<T>(page: Page, source: string, arg: unknown = null)
   return (await page.evaluate(`(${source})(${JSON.stringify(arg)})`)) as T;
 }
 
+/**
+ * Waits until `source` (a function's source, run as `inPage` runs it) returns true. Not `page.waitForFunction`:
+ * while it polls, it evals a string predicate inside the page, which the UI's CSP (`script-src 'self'`) refuses
+ * whenever the first check comes out false.
+ */
+export async function waitInPage(page: Page, source: string, arg: unknown = null, timeoutMs = 30_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await inPage<boolean>(page, source, arg))) {
+    if (Date.now() > end) throw new Error(`waitInPage: ${source} was still false after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 const SERIES_PIXELS = `({ selector, colours }) => [...document.querySelectorAll(selector)].map((el) => {
   const canvas = el.querySelector('canvas');
   if (!canvas || canvas.width === 0 || canvas.height === 0) return false;

@@ -25,7 +25,7 @@ import { loadCaptions } from '../../src/ml/train/data.js';
 import { WarmGenerator } from '../../src/ui/generator.js';
 import { startUiServer, UiServerError, type UiServer } from '../../src/ui/server.js';
 import { PALETTE } from '../../src/report/chart-spec.js';
-import { chartsWithSeriesPixels, imageSizes, inPage, launchChromium, type BrowserSession } from '../support/browser.js';
+import { chartsWithSeriesPixels, imageSizes, inPage, launchChromium, waitInPage, type BrowserSession } from '../support/browser.js';
 import { cli } from '../support/cli.js';
 import { stageContext } from '../support/stage-context.js';
 
@@ -214,7 +214,7 @@ describe('runs', () => {
     expect(drawn.length).toBeGreaterThan(0);
     const titles = await inPage<string[]>(page, `() => [...document.querySelectorAll('.u-title')].map((t) => t.textContent)`);
     expect(titles.filter((_, i) => !drawn[i])).toEqual([]);
-    await page.waitForFunction(`[...document.querySelectorAll('#media img')].every((i) => i.complete && i.naturalWidth > 0)`);
+    await waitInPage(page, `() => [...document.querySelectorAll('#media img')].every((i) => i.complete && i.naturalWidth > 0)`);
     expect((await imageSizes(page, '#media img')).length).toBeGreaterThan(0);
     expect(await page.textContent('#config')).toContain('<redacted>');
     expect(await page.content()).not.toContain(SECRET);
