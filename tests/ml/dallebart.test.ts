@@ -122,7 +122,6 @@ describe('DalleBart model', () => {
 
   it.each([
     ['dallebart', TINY],
-    ['dallebart with grid positions', { ...TINY, grid_positions: true }],
     ['bart', TINY_BART],
   ] as const)('%s: greedy decoding with the KV cache equals full recompute', (_flavour, cfg) => {
     const m = DalleBart.create(cfg, 3);
@@ -229,39 +228,6 @@ describe('DalleBart model', () => {
     expect(err).toBeInstanceOf(LoadParamsError);
     const problems = (err as LoadParamsError).mismatches.map((x) => `${x.problem} ${x.name}`).sort();
     expect(problems).toEqual(['missing model.encoder.layers.1.fc1.weight', 'shape model.decoder.layers.0.self_attn.k_proj.weight', 'unexpected model.decoder.layers.9.fc1.weight']);
-  });
-
-  it('grid positions: row and column tables of the √image_length grid, saved and loaded; each shifts its cells only', async () => {
-    const m = DalleBart.create({ ...TINY, grid_positions: true }, 9);
-    models.push(m);
-    expect(m.params.get('model.decoder.embed_rows.weight').shape).toEqual([4, 32]);
-    expect(m.params.get('model.decoder.embed_cols.weight').shape).toEqual([4, 32]);
-    expect(DalleBart.create(TINY, 9).params.names().filter((n) => n.includes('embed_rows'))).toEqual([]);
-    expect(() => resolveDalleBartConfig({ ...TINY, image_length: 12, grid_positions: true })).toThrow(/grid_positions.*square/);
-    const dir = mkdtempSync(join(tmpdir(), 'minidalle-dallebart-grid-'));
-    await saveDalleBart(m, dir);
-    expect(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')).grid_positions).toBe(true);
-    const back = await loadDalleBart(dir);
-    models.push(back);
-    expect(back.config.grid_positions).toBe(true);
-    for (const n of m.params.names()) expect(back.params.get(n).dataSync(), n).toEqual(m.params.get(n).dataSync());
-    // a change to column 1's embedding moves the logits that predict codes of column 1 (t = 1, 5, 9, 13) and,
-    // through causal attention, later ones; never the earlier ones (t = 0)
-    const rng = new Rng(4);
-    const { ids, mask } = text(rng, 1, 8, [8]);
-    const input = randomCodes(rng, 1, 16, 24);
-    const logits = (model: DalleBart): Float32Array => tf.tidy(() => model.decoderForward(model.encode(ids, mask), mask, input).dataSync() as Float32Array);
-    const before = logits(back);
-    const cols = back.params.get('model.decoder.embed_cols.weight');
-    const bumped = tf.tidy(() => tf.add(cols, tf.concat([tf.zeros([1, 32]), tf.fill([1, 32], 0.5), tf.zeros([2, 32])], 0)));
-    cols.assign(bumped);
-    bumped.dispose();
-    const after = logits(back);
-    const V = 25;
-    const row = (x: Float32Array, t: number): number[] => Array.from(x.subarray(t * V, (t + 1) * V));
-    expect(row(after, 0)).toEqual(row(before, 0));
-    expect(row(after, 1)).not.toEqual(row(before, 1));
-    tf.dispose([ids, mask, input]);
   });
 
   it('trains with seeded dropout: reproducible from the Rng, different from evaluation', () => {

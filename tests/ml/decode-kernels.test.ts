@@ -209,7 +209,6 @@ const CONFIGS: [string, Partial<DalleBartConfig>][] = [
   ['dallebart, pre-LN, GLU, no biases, final norms (the shapes model)', { ...TINY, use_bias: false, use_glu: true, ln_positions: 'preln', use_final_ln_encoder: true, use_final_ln_decoder: true }],
   ['dallebart, pre-LN, biases, no final norm', { ...TINY, use_bias: true, use_glu: false, ln_positions: 'preln', activation_function: 'relu' }],
   ['dallebart, scaled embeddings, swish', { ...TINY, scale_embedding: true, activation_function: 'swish' }],
-  ['dallebart, grid positions (the position table computed once)', { ...TINY, grid_positions: true, ln_positions: 'preln' }],
   ['bart (tied head)', { ...TINY, model_type: 'bart', use_glu: false, use_bias: true }],
 ];
 

@@ -81,7 +81,6 @@ export interface DalleBartConfig {
   max_text_length: number; // text positions (encoder; also the text decoder's in 'bart')
   image_vocab_size: number; // codebook size; BOS = image_vocab_size ('dallebart')
   image_length: number; // codes per image; decoder positions = image_length + 1 ('dallebart')
-  grid_positions: boolean; // 'dallebart': add a learned row and a column embedding of each code's cell in the √image_length grid
   dropout: number; // dropout on embeddings and sub-layer outputs during training
   attention_dropout: number; // dropout on attention probabilities
   activation_dropout: number; // dropout after the feed-forward activation
@@ -113,7 +112,6 @@ export const DALLEBART_DEFAULTS: DalleBartConfig = {
   max_text_length: 64,
   image_vocab_size: 16384,
   image_length: 256,
-  grid_positions: false,
   dropout: 0,
   attention_dropout: 0,
   activation_dropout: 0,
@@ -165,7 +163,6 @@ export const DalleBartConfigSchema = z.strictObject({
   max_text_length: posInt.optional(),
   image_vocab_size: posInt.optional(),
   image_length: posInt.optional(),
-  grid_positions: z.boolean().optional(),
   dropout: prob.optional(),
   attention_dropout: prob.optional(),
   activation_dropout: prob.optional(),
@@ -200,9 +197,6 @@ export function resolveDalleBartConfig(partial: Partial<DalleBartConfig> = {}): 
   for (const side of ['encoder', 'decoder'] as const) {
     const heads = c[`${side}_attention_heads`];
     if (c.d_model % heads !== 0) throw new DalleBartConfigError(`${side}_attention_heads`, `d_model ${c.d_model} is not divisible by ${heads} heads`);
-  }
-  if (c.grid_positions && (c.model_type !== 'dallebart' || !Number.isInteger(Math.sqrt(c.image_length)))) {
-    throw new DalleBartConfigError('grid_positions', `needs a 'dallebart' model whose image_length is a square (codes of a square grid), got ${c.model_type} with ${c.image_length}`);
   }
   for (const k of ['pad_token_id', 'bos_token_id', 'eos_token_id', 'decoder_start_token_id'] as const) {
     if (c[k] >= c.vocab_size) throw new DalleBartConfigError(k, `${c[k]} is not a token of the text vocabulary (vocab_size ${c.vocab_size})`);
@@ -284,11 +278,6 @@ export function dalleBartParamSpecs(c: DalleBartConfig): DalleBartParamSpec[] {
   // decoder
   if (c.model_type === 'dallebart') add(`${DEC}.embed_tokens.weight`, [decoderVocabSize(c), C], 'plain', 'normal');
   add(`${DEC}.embed_positions.weight`, [decoderPositions(c) + decoderPositionOffset(c), C], 'plain', 'normal');
-  if (c.grid_positions) {
-    const side = Math.sqrt(c.image_length);
-    add(`${DEC}.embed_rows.weight`, [side, C], 'plain', 'normal');
-    add(`${DEC}.embed_cols.weight`, [side, C], 'plain', 'normal');
-  }
   norm(`${DEC}.layernorm_embedding`);
   for (let i = 0; i < c.decoder_layers; i++) {
     const l = `${DEC}.layers.${i}`;
@@ -418,8 +407,6 @@ interface FusedDecoding {
   cache: KVCache[];
   /** (B, S) cross-attention bias: 0 on text, −1e9 on padding (nn.ts's keyMaskBias) */
   crossBias: tf.Tensor2D;
-  /** the decoder's position table, computed once when grid_positions adds rows and columns to it */
-  positions?: tf.Tensor2D;
 }
 
 /**
@@ -460,23 +447,6 @@ function decoderLayerStep(prog: DecodeProgram, p: Params, c: DalleBartConfig, i:
   return sub(`${l}.final_layer_norm`, r, ffn);
 }
 
-/** The grid_positions rows (image_length, C): row t is the row embedding of code t's grid row plus the column one of its column. */
-function gridRows(p: Params, c: DalleBartConfig): tf.Tensor2D {
-  const side = Math.sqrt(c.image_length);
-  const rows = tf.reshape(p.get(`${DEC}.embed_rows.weight`), [side, 1, c.d_model]);
-  const cols = tf.reshape(p.get(`${DEC}.embed_cols.weight`), [1, side, c.d_model]);
-  return tf.reshape(tf.add(rows, cols), [c.image_length, c.d_model]) as tf.Tensor2D; // row-major cells
-}
-
-/**
- * The decoder's whole position table when grid_positions adds DALL·E-style row and column embeddings: row t
- * (which predicts code t) also gets code t's cell, so codes of one grid row or column share what they learn;
- * the last row (no code follows it) keeps its own only. Inside a tidy.
- */
-function gridPositionTable(p: Params, c: DalleBartConfig): tf.Tensor2D {
-  return tf.add(p.get(`${DEC}.embed_positions.weight`), tf.concat([gridRows(p, c), tf.zeros([1, c.d_model])], 0)) as tf.Tensor2D;
-}
-
 /**
  * `${stack}`'s input: token rows (× √d_model with scale_embedding) + position rows
  * [offset + start, offset + start + T), then `${stack}.layernorm_embedding` and dropout. ids (B, T) → (B, T, C).
@@ -485,10 +455,7 @@ function embed(p: Params, c: DalleBartConfig, stack: string, tokenTable: string,
   const [, T] = ids.shape;
   let h = embedding(p, tokenTable, ids); // (B, T, C)
   if (c.scale_embedding) h = tf.mul(h, Math.sqrt(c.d_model));
-  const grid = stack === DEC && c.grid_positions;
-  const table = grid && !(start === 0 && T === c.image_length) ? gridPositionTable(p, c) : p.get(`${stack}.embed_positions.weight`);
-  let pos = tf.slice(table, [offset + start, 0], [T, c.d_model]); // (T, C)
-  if (grid && start === 0 && T === c.image_length) pos = tf.add(pos, gridRows(p, c)); // teacher forcing: one cell per code
+  const pos = tf.slice(p.get(`${stack}.embed_positions.weight`), [offset + start, 0], [T, c.d_model]); // (T, C)
   h = layerNorm(p, `${stack}.layernorm_embedding`, tf.add(h, pos));
   return drop(h, c.dropout, f) as tf.Tensor3D;
 }
@@ -552,7 +519,6 @@ export function disposeDecodeState(state: DecodeState): void {
     for (const kv of state.fused.cache) tf.dispose([kv.k, kv.v]);
     for (const p of state.fused.qkv) tf.dispose([p.w, ...(p.b ? [p.b] : [])]);
     state.fused.crossBias.dispose();
-    state.fused.positions?.dispose();
   }
 }
 
@@ -705,12 +671,12 @@ export class DalleBart {
       });
       const cache = Array.from({ length: c.decoder_layers }, () => emptyKvCache(B, nh, decoderPositions(c), c.d_model / nh));
       const crossBias = keyMaskBias(encMask); // (B, S)
-      return { qkv, cache, crossBias, ...(c.grid_positions ? { positions: gridPositionTable(p, c) } : {}) };
+      return { qkv, cache, crossBias };
     });
     const prog = new DecodeProgram();
     const norm = (prefix: string, x: ProgramRows, r?: ProgramRows): ProgramRows => prog.addLayerNorm(x, r, p.get(`${prefix}.weight`) as tf.Tensor1D, p.get(`${prefix}.bias`) as tf.Tensor1D);
     // token rows (× √d_model) + the position's row, then layernorm_embedding
-    const tokens = prog.embed(B, p.get(`${this.decoderTokenTable()}.weight`) as tf.Tensor2D, bufs.positions ?? (p.get(`${DEC}.embed_positions.weight`) as tf.Tensor2D), decoderPositionOffset(c), c.scale_embedding ? Math.sqrt(c.d_model) : 1);
+    const tokens = prog.embed(B, p.get(`${this.decoderTokenTable()}.weight`) as tf.Tensor2D, p.get(`${DEC}.embed_positions.weight`) as tf.Tensor2D, decoderPositionOffset(c), c.scale_embedding ? Math.sqrt(c.d_model) : 1);
     let r: ResidualRows = { h: norm(`${DEC}.layernorm_embedding`, tokens) };
     for (let i = 0; i < c.decoder_layers; i++) r = decoderLayerStep(prog, p, c, i, r, cross[i] as KVCache, bufs);
     const h = c.use_final_ln_decoder ? norm(`${DEC}.layer_norm`, r.h, r.pending) : r.pending ? prog.add(r.h, r.pending) : r.h;
@@ -817,7 +783,6 @@ export function dalleBartConfigToHf(c: DalleBartConfig): Record<string, unknown>
     encoder_vocab_size: c.vocab_size,
     image_vocab_size: c.image_vocab_size,
     image_length: c.image_length,
-    ...(c.grid_positions ? { grid_positions: true } : {}),
     ...common,
     tie_word_embeddings: false,
     // dalle-mini's special ids: the decoder starts from (and pads with) BOS = image_vocab_size
@@ -846,7 +811,7 @@ export function dalleBartConfigFromHf(raw: BartConfig, file = '<config>'): Dalle
   for (const k of [
     'd_model', 'encoder_layers', 'decoder_layers', 'encoder_attention_heads', 'decoder_attention_heads', 'encoder_ffn_dim', 'decoder_ffn_dim',
     'use_glu', 'activation_function', 'use_bias', 'scale_embedding', 'image_vocab_size', 'image_length', 'dropout', 'attention_dropout',
-    'activation_dropout', 'init_std', 'use_final_ln_encoder', 'use_final_ln_decoder', 'grid_positions',
+    'activation_dropout', 'init_std', 'use_final_ln_encoder', 'use_final_ln_decoder',
   ] as const) take(k, r[k]);
   if (type === 'bart') {
     take('vocab_size', raw.vocab_size);

@@ -25,7 +25,6 @@ export const TransformerFields = z
     dropout: prob.default(0).describe('dropout on embeddings and sub-layer outputs'),
     attention_dropout: prob.default(0).describe('dropout on attention probabilities'),
     init_std: z.number().positive().default(0.02).describe('std of the normal init'),
-    grid_positions: z.boolean().default(false).describe("DalleBart: learned row and column embeddings of each code's grid cell, added to its position's (ignored by bart-pretrain)"),
   })
   .strict();
 
@@ -56,7 +55,6 @@ export function dalleBartConfigOf(
     dropout: m.dropout,
     attention_dropout: m.attention_dropout,
     init_std: m.init_std,
-    ...(facts.model_type === 'dallebart' && m.grid_positions ? { grid_positions: true } : {}),
   };
 }
 
