@@ -9,7 +9,7 @@ import { startWandbReplica } from '../../src/core/tracking/wandb/live.js';
 import { RunReplayer } from '../../src/core/tracking/wandb/replay.js';
 import { readState } from '../../src/core/tracking/wandb/state.js';
 import { FakeWandb } from '../support/fake-wandb.js';
-import { filesUnder } from '../support/cli.js';
+import { filesUnder, until } from '../support/cli.js';
 
 const KEY = 'wandb-replica-key-5f1e2d3c4b5a69788796a5b4c3d2e1f0';
 let fake: FakeWandb;
@@ -75,11 +75,16 @@ describe('W&B replica', () => {
       run.log({ loss: 1 / step }, step);
       if (step % 4 === 0) await run.media('samples', png(8, 4, step), step, `grid ${step}`);
       out.line(`step ${step} done`);
+      // each outage lasts until the replica has met it (its first pass may come late on a loaded machine)
       if (step === 4) {
+        await until('the replica meeting the refused connection', () => lines.some((l) => /ECONNREFUSED/.test(l)));
         await fake.start();
         fake.fault = () => ({ status: 500 });
       }
-      if (step === 8) fake.fault = () => ({ status: 429, retryAfter: '3' });
+      if (step === 8) {
+        await until('a request answered 500', () => fake.requests.some((r) => r.status === 500));
+        fake.fault = () => ({ status: 429, retryAfter: '3' });
+      }
       await new Promise((r) => setTimeout(r, 15));
     }
     out.line('a warning', 'stderr');
