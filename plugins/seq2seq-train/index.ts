@@ -45,6 +45,7 @@ export const Seq2SeqTrainConfig = trainerConfig({
     ...scheduleFields({ lr: 1e-3, lr_warmup_steps: 100, lr_decay: 'cosine' }),
     ...optimizerFields({ beta1: 0.9, beta2: 0.98, weight_decay: 0.01, grad_clip: 1 }),
     label_smoothing: z.number().min(0).max(0.5).default(0).describe('label smoothing of the code cross-entropy'),
+    input_noise: z.number().min(0).max(1).default(0).describe('probability of replacing each teacher-forced input code by a random code (the target stays), so the decoder leans on the text more than on the codes before'),
     blank_caption_prob: z.number().min(0).max(1).default(0.1).describe('probability of training a row with the empty caption (needed by super-conditioning)'),
     shuffle_window: z.number().int().min(0).default(4096).describe('rows shuffled together by the loader'),
     eval_count: posInt.default(256).describe('held-out rows in the eval loss'),
@@ -200,7 +201,7 @@ export default definePlugin({
             (i) => {
               const part = rows.slice(i * micro, (i + 1) * micro);
               const b = batchTensors(tok, part, captions.slice(i * micro, (i + 1) * micro), L, T);
-              return model.loss(b.ids, b.mask, b.codes, { training: true, rng: dropoutRng, labelSmoothing: c.label_smoothing });
+              return model.loss(b.ids, b.mask, b.codes, { training: true, rng: dropoutRng, labelSmoothing: c.label_smoothing, inputNoise: c.input_noise });
             },
             {
               microBatches: c.grad_accumulation,

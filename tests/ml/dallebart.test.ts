@@ -14,6 +14,7 @@ import {
   disposeDecodeState,
   encoderParamNames,
   loadDalleBart,
+  noisyDecoderInput,
   resolveDalleBartConfig,
   saveDalleBart,
   type DalleBartConfig,
@@ -243,6 +244,34 @@ describe('DalleBart model', () => {
     expect(run(1)).not.toBe(evalLoss);
     expect(() => tf.tidy(() => m.loss(ids, mask, codes, { training: true }))).toThrow(/needs an Rng/);
     tf.dispose([ids, mask, codes]);
+  });
+
+  it('input noise replaces teacher-forced input codes, never the BOS, reproducibly; the labels stay', () => {
+    const T = 16;
+    const ids = Int32Array.from({ length: 4 * T }, (_, i) => (i % T === 0 ? 24 : i % 24));
+    const a = noisyDecoderInput(ids, T, 0.5, 24, new Rng(3));
+    expect(noisyDecoderInput(ids, T, 0.5, 24, new Rng(3))).toEqual(a);
+    expect(noisyDecoderInput(ids, T, 0, 24, new Rng(3))).toEqual(ids);
+    const changed = a.filter((v, i) => v !== ids[i]).length;
+    expect(changed).toBeGreaterThan(15); // about 0.5 · 60 · 23/24
+    expect(changed).toBeLessThan(45);
+    for (let b = 0; b < 4; b++) expect(a[b * T]).toBe(24);
+    expect(Math.max(...noisyDecoderInput(ids, T, 1, 24, new Rng(4)))).toBe(24); // only the BOS reaches 24
+    expect(() => noisyDecoderInput(ids, 5, 0.1, 24, new Rng(1))).toThrow(/rows of 5/);
+
+    const m = DalleBart.create(TINY, 21);
+    models.push(m);
+    const rng = new Rng(22);
+    const { ids: text8, mask } = text(rng, 2, 8, [8, 3]);
+    const codes = randomCodes(rng, 2, 16, 24);
+    const loss = (opts: Parameters<DalleBart['loss']>[3]): number => tf.tidy(() => m.loss(text8, mask, codes, opts).dataSync()[0] as number);
+    const clean = loss({ training: true, rng: new Rng(5) });
+    expect(loss({ training: true, rng: new Rng(5), inputNoise: 0 })).toBe(clean);
+    expect(loss({ training: true, rng: new Rng(5), inputNoise: 0.3 })).toBe(loss({ training: true, rng: new Rng(5), inputNoise: 0.3 }));
+    expect(loss({ training: true, rng: new Rng(5), inputNoise: 0.3 })).not.toBe(clean);
+    expect(loss({ inputNoise: 0.3 })).toBe(loss({})); // evaluation sees the true codes
+    expect(() => loss({ training: true, inputNoise: 0.3 })).toThrow(/needs opts.rng/);
+    tf.dispose([text8, mask, codes]);
   });
 
   it('reads an HF BART config.json (bart-large-cnn style) as post-LN BART with biases, no GLU', () => {

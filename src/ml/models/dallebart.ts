@@ -470,6 +470,21 @@ export class DalleBartError extends Error {
   }
 }
 
+/**
+ * Teacher-forced decoder inputs (B·T, rows of T, each starting with the BOS) with every code after the BOS
+ * replaced by a uniformly drawn code of `vocab` with probability `p`, drawn from `rng` in row order. A new array.
+ * Why: with clean inputs the decoder reads the shape off the codes before it as much as off the caption, and
+ * training taught it that green codes never form a star (a held-out pair). Noisy inputs make the caption the
+ * reliable source, and held-out shape × colour pairs come out right far more often (README, *Text → image on shapes*).
+ */
+export function noisyDecoderInput(ids: Int32Array, T: number, p: number, vocab: number, rng: Rng): Int32Array {
+  if (!(p >= 0 && p <= 1)) throw new DalleBartError(`inputNoise must be in [0, 1], got ${p}`);
+  if (ids.length % T !== 0) throw new DalleBartError(`decoder inputs of ${ids.length} ids are not rows of ${T}`);
+  const out = ids.slice();
+  for (let i = 0; i < out.length; i++) if (i % T !== 0 && rng.uniform() < p) out[i] = rng.int(vocab);
+  return out;
+}
+
 /** Options of the differentiable passes. */
 export interface DalleBartRunOptions {
   /** apply dropout (needs `rng` when any dropout rate is above 0) */
@@ -481,6 +496,11 @@ export interface DalleBartRunOptions {
 export interface DalleBartLossOptions extends DalleBartRunOptions {
   /** label smoothing ε of the cross-entropy */
   labelSmoothing?: number;
+  /**
+   * 'dallebart', training only: each decoder input code (never the BOS) is replaced by a uniformly drawn
+   * code with this probability (drawn from `rng`); the labels stay the true codes
+   */
+  inputNoise?: number;
 }
 
 /**
@@ -617,6 +637,14 @@ export class DalleBart {
     });
   }
 
+  private withInputNoise(decoderInput: tf.Tensor2D, p: number, rng: Rng | undefined): tf.Tensor2D {
+    const c = this.config;
+    if (c.model_type !== 'dallebart') throw new DalleBartError('inputNoise applies to dallebart models (image codes) only');
+    if (!rng) throw new DalleBartError('inputNoise needs opts.rng, the seeded stream its replacements are drawn from');
+    const [B, T] = decoderInput.shape;
+    return tf.tensor2d(noisyDecoderInput(decoderInput.dataSync() as Int32Array, T, p, c.image_vocab_size, rng), [B, T], 'int32');
+  }
+
   /**
    * Mean cross-entropy of the targets given the text: 'dallebart' targets are the codes
    * (B, image_length) in [0, image_vocab_size); 'bart' targets are text ids (B, T ≤ max_text_length)
@@ -626,7 +654,8 @@ export class DalleBart {
     const c = this.config;
     if (c.model_type === 'dallebart' && targets.shape[1] !== c.image_length) throw new DalleBartError(`codes must be (B, ${c.image_length}), got ${JSON.stringify(targets.shape)}`);
     return tf.tidy(() => {
-      const { decoderInput, labels } = this.teacherForcing(targets);
+      const { decoderInput: clean, labels } = this.teacherForcing(targets);
+      const decoderInput = opts.training && opts.inputNoise ? this.withInputNoise(clean, opts.inputNoise, opts.rng) : clean;
       const enc = this.encode(textIds, mask, opts);
       const logits = this.decoderForward(enc, mask, decoderInput, opts); // (B, T, V)
       const [B, T, V] = logits.shape;
