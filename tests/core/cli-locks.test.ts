@@ -22,7 +22,8 @@ describe('one run per fingerprint at a time', () => {
   }, 30_000);
 
   it('--no-wait refuses, naming the owner; a lock left by a dead process is taken over', async () => {
-    const dir = project({ 'e.yaml': COUNTER(6, 150) });
+    // 60 × 150 ms: the stage must still run when the refused CLI has started, which takes seconds on a loaded machine
+    const dir = project({ 'e.yaml': COUNTER(60, 150) });
     const one = start(dir, ['run', 'e.yaml']);
     await until('the first run to start its stage', () => existsSync(join(dir, 'runs')) && stages(dir).length === 1);
     const refused = cli(dir, ['run', 'e.yaml', '--no-wait']);

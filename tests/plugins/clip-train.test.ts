@@ -127,7 +127,7 @@ describe('clip-train', () => {
     const e = await store.create({ name: 'clip-no-negatives', kind: 'stage' });
     const resE = await clipPlugin.run(stageContext(e, { config: { ...config, hard_negatives: 0, negative_words: null }, inputs }));
     expect(await weights(resE.artifacts!.clip!)).not.toEqual(await weights(resA.artifacts!.clip!));
-  });
+  }, 180_000); // five runs of up to 6 steps, each reconstructing its rows: over 60 s on a slow, loaded machine
 
   it('hard negatives need word groups that occur in the captions; bad groups are named', async () => {
     const base = { model: MODEL, steps: 1, batch_size: 16, lr_warmup_steps: 0, eval_count: 16 };
