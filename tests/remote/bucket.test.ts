@@ -90,7 +90,9 @@ stages:
     const runId = () => stageRuns(dir)[0]?.id ?? 'none';
     await waitOrDump(run, 'checkpoint 2 in the bucket', () => gcs.names("minidalle-test", `shared/runs/${runId()}/checkpoints/step-2/`).length === 2); // count.txt and manifest.json
     const worker = net.processes(a).find((p) => p.args.includes('cli.js worker'));
-    expect(worker, 'the worker runs on host a').toBeDefined();
+    // failed once on a loaded machine: say where the worker was, and what the run had printed
+    const where = () => `host a: ${JSON.stringify(net.processes(a).map((p) => p.args))}\nhost b: ${JSON.stringify(net.processes(b).map((p) => p.args))}\n${run.output()}`;
+    expect(worker, `the worker runs on host a\n${where()}`).toBeDefined();
     process.kill(worker!.pid, 'SIGKILL');
     net.killHost(a);
     const done = await run.exited;
