@@ -113,6 +113,8 @@ export function selfCheckCases(): KernelCase[] {
       name: 'x 6×5, 4 segments, one id out of range',
       run: () => tf.unsortedSegmentSum(randomTensor([6, 5], 41), tf.tensor1d([0, 3, 3, 1, 0, 7], 'int32'), 4),
     },
+    { kernel: 'GatherV2', name: 'rows of 20 from 9, repeated ids', run: () => tf.gather(randomTensor([9, 20], 42), tf.tensor2d([[8, 0], [3, 3]], [2, 2], 'int32')) },
+    { kernel: 'GatherV2', name: 'axis 1, rows of 2', run: () => tf.gather(randomTensor([3, 5, 2], 43), tf.tensor1d([4, 1, 1], 'int32'), 1) },
     matmul([5, 7], [7, 3], false, false, 51),
     matmul([7, 5], [3, 7], true, true, 52),
     matmul([3, 4, 6], [6, 5], false, false, 53),

@@ -29,7 +29,7 @@ describe('initCompute', () => {
     const info = await initCompute();
     expect(info).toMatchObject({ backend: 'wasm', version: tf.version_core });
     expect(info.kernels).toEqual([
-      'Conv2D', 'Conv2DBackpropFilter', 'Conv2DBackpropInput', 'UnsortedSegmentSum', 'BatchMatMul', 'Identity', 'Cast', 'Sum',
+      'Conv2D', 'Conv2DBackpropFilter', 'Conv2DBackpropInput', 'UnsortedSegmentSum', 'GatherV2', 'BatchMatMul', 'Identity', 'Cast', 'Sum',
       'Tanh', 'Exp', 'Erf', 'Sigmoid', 'Add', 'Sub', 'Multiply', 'MinidalleSparseXent', 'MinidalleSparseXentGrad', 'MinidalleAdamW',
       'MinidalleGroupNorm', 'MinidalleGroupNormGrad', 'MinidalleSwish', 'MinidalleSwishGrad', 'MinidalleGelu', 'MinidalleGeluGrad', 'MinidalleDropoutMask',
     ]);
@@ -69,7 +69,7 @@ describe('initCompute', () => {
 describe('selfCheck', () => {
   it('passes for the registered kernels and reports every case', async () => {
     const results = await selfCheck();
-    expect(new Set(results.map((r) => r.kernel))).toEqual(new Set(['Conv2D', 'Conv2DBackpropFilter', 'Conv2DBackpropInput', 'UnsortedSegmentSum', 'BatchMatMul']));
+    expect(new Set(results.map((r) => r.kernel))).toEqual(new Set(['Conv2D', 'Conv2DBackpropFilter', 'Conv2DBackpropInput', 'UnsortedSegmentSum', 'GatherV2', 'BatchMatMul']));
     for (const r of results) expect(r.relativeError).toBeLessThan(1e-4);
   });
 

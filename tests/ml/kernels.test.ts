@@ -149,6 +149,22 @@ describe('UnsortedSegmentSum on wasm matches cpu', () => {
   });
 });
 
+describe('GatherV2 on wasm matches cpu', () => {
+  it('embedding rows, logit picks (rows of one), inner axes, batch dims and int32 tables', async () => {
+    await expectSameOnWasmAndCpu(() => [
+      tf.gather(randomTensor([11, 40], 8), tf.tensor2d([[1, 3, 3, 10], [0, 1, 7, 3]], [2, 4], 'int32')),
+      tf.gather(tf.reshape(randomTensor([6, 5], 9), [30]), tf.tensor1d([29, 0, 7, 7], 'int32')),
+      tf.gather(randomTensor([3, 7, 20], 10), tf.tensor1d([6, 0, 2], 'int32'), 1),
+      tf.gather(randomTensor([2, 5, 3], 11), tf.tensor2d([[4, 0], [1, 1]], [2, 2], 'int32'), 1, 1),
+      tf.cast(tf.gather(tf.tensor2d([[1, 2], [3, 4], [5, 6]], [3, 2], 'int32'), tf.tensor1d([2, 0], 'int32')), 'float32'),
+    ]);
+  });
+  it('an index outside the table is an error naming it', () => {
+    expect(tf.getBackend()).toBe('wasm');
+    expect(() => tf.tidy(() => tf.gather(tf.zeros([4, 3]), tf.tensor1d([1, 4], 'int32')))).toThrow(/index value 4 \(position 1\) is not in \[0, 3\]/);
+  });
+});
+
 /** GroupNorm over channel groups through moments, as the VQ autoencoder uses. */
 function groupNorm(x: tf.Tensor4D, groups: number): tf.Tensor4D {
   const [n, h, w, c] = x.shape;

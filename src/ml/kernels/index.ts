@@ -1,6 +1,6 @@
 /**
  * Our wasm kernels: what tfjs-backend-wasm 4.22.0 lacks (Conv2DBackpropFilter, UnsortedSegmentSum) or
- * runs far below XNNPACK speed (Conv2DBackpropInput, BatchMatMul), plus a gradient fix. Conv2D, its
+ * runs far below XNNPACK or memory speed (Conv2DBackpropInput, BatchMatMul, GatherV2), plus a gradient fix. Conv2D, its
  * gradients and BatchMatMul switch to the native OpenBLAS kernels when those are loaded (native.ts).
  * An incremental decoding step runs as one recorded native program (decode.ts), outside the kernel registry.
  */
@@ -9,6 +9,7 @@ import { batchMatMulConfig, batchMatMulGradConfig } from './batch-matmul.js';
 import { cpuResizeNearestNeighborGradConfig } from './cpu-resize-grad.js';
 import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig, conv2DConfig } from './conv.js';
 import { BINARY_KERNELS, binaryConfigs, castConfig, identityConfig, sumConfig, UNARY_KERNELS, unaryConfigs } from './elementwise.js';
+import { gatherV2Config } from './gather.js';
 import { unsortedSegmentSumConfig } from './segment-sum.js';
 import { adamwUpdateConfig, dropoutMaskConfig, geluConfig, geluGradConfig, groupNormConfig, groupNormGradConfig, sparseXentConfig, sparseXentGradConfig, swishConfig, swishGradConfig } from './fused.js';
 import { captureStockKernels } from './wasm-heap.js';
@@ -21,6 +22,7 @@ export const WASM_KERNELS: readonly tf.KernelConfig[] = [
   conv2DBackpropFilterConfig,
   conv2DBackpropInputConfig,
   unsortedSegmentSumConfig,
+  gatherV2Config,
   batchMatMulConfig,
   identityConfig,
   castConfig,
