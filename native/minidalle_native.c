@@ -1065,6 +1065,48 @@ static int norm_buffers(NormJob* j) {
   return 0;
 }
 
+/* One group over one pixel is a layer norm of a row of c channels: the row stays in registers and cache, so it
+ * goes in float, two passes (mean, then the mean square about it), without the per-channel double sums and
+ * coefficient arrays a group over many pixels needs (those cost 3× the arithmetic on rows of 128). */
+VECTORISED static void layer_norm_row(const float* x, const float* w, const float* bias, float* y, int64_t c, float eps, float* mean, float* rstd) {
+  float m = row_sum(x, c) / (float)c;
+  float acc[8] = {0};
+  int64_t k = 0;
+  for (; k + 8 <= c; k += 8)
+    for (int l = 0; l < 8; l++) acc[l] += (x[k + l] - m) * (x[k + l] - m);
+  float var = 0;
+  for (; k < c; k++) var += (x[k] - m) * (x[k] - m);
+  for (int l = 0; l < 8; l++) var += acc[l];
+  float r = 1.0f / sqrtf(var / (float)c + eps);
+  for (k = 0; k < c; k++) y[k] = (x[k] - m) * r * w[k] + bias[k];
+  *mean = m;
+  *rstd = r;
+}
+
+/* The layer norm row's gradient: with x̂ = (x − m)·r and g = dy·w, dx = r·(g − mean(g) − x̂·mean(g·x̂)); its dy·x̂
+ * and dy are added to the chunk's dw and dbias partials. */
+VECTORISED static void layer_norm_grad_row(const float* x, const float* dy, const float* w, float m, float r, float* dx, double* dw_acc, double* db_acc,
+                                           int64_t c) {
+  float sg[8] = {0}, sgx[8] = {0};
+  int64_t k = 0;
+  for (; k + 8 <= c; k += 8)
+    for (int l = 0; l < 8; l++) {
+      float g = dy[k + l] * w[k + l];
+      sg[l] += g;
+      sgx[l] += g * (x[k + l] - m) * r;
+    }
+  float sum_g = 0, sum_gx = 0;
+  for (; k < c; k++) sum_g += dy[k] * w[k], sum_gx += dy[k] * w[k] * (x[k] - m) * r;
+  for (int l = 0; l < 8; l++) sum_g += sg[l], sum_gx += sgx[l];
+  const float mg = sum_g / (float)c, mgx = sum_gx / (float)c;
+  for (k = 0; k < c; k++) {
+    float xh = (x[k] - m) * r;
+    dx[k] = r * (dy[k] * w[k] - mg - xh * mgx);
+    dw_acc[k] += (double)(dy[k] * xh);
+    db_acc[k] += (double)dy[k];
+  }
+}
+
 /* This part's images: y = a[c]·x + s[c] with a = rstd·w, s = bias − mean·a. */
 static void group_norm_part(void* arg, int part, int parts) {
   const NormJob* j = arg;
@@ -1077,6 +1119,10 @@ static void group_norm_part(void* arg, int part, int parts) {
   part_range(s.b, part, parts, 1, &b0, &b1);
   for (int64_t b = b0; b < b1; b++) {
     const float* xb = j->x + b * s.hw * s.c;
+    if (s.hw == 1 && s.g == 1) {
+      layer_norm_row(xb, j->w, j->bias, j->y + b * s.c, s.c, (float)j->eps, j->mean_out + b, j->rstd_out + b);
+      continue;
+    }
     channel_sums(xb, xb, s.hw, s.c, sums, sums + s.c);
     for (int64_t g = 0; g < s.g; g++) {
       double m = 0, sq = 0;
@@ -1134,6 +1180,10 @@ static void group_norm_grad_part(void* arg, int part, int parts) {
     part_range(s.b, (int)chunk, (int)j->chunks, 1, &b0, &b1);
     for (int64_t b = b0; b < b1; b++) {
       const float *xb = j->x + b * s.hw * s.c, *dyb = j->dy + b * s.hw * s.c;
+      if (s.hw == 1 && s.g == 1) {
+        layer_norm_grad_row(xb, dyb, j->w, j->mean[b], j->rstd[b], j->y + b * s.c, dw_acc, db_acc, s.c);
+        continue;
+      }
       channel_sums(dyb, xb, s.hw, s.c, s1, s2);
       for (int64_t g = 0; g < s.g; g++) {
         double m = j->mean[b * s.g + g], r = j->rstd[b * s.g + g], sum_g = 0, sum_gx = 0;

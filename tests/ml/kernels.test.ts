@@ -369,13 +369,14 @@ describe('GroupNorm and swish (fused native kernels on the native path)', () => 
     });
   });
 
-  it('LayerNorm (a one-group GroupNorm on the native path) value and gradients w.r.t. x, scale and shift match cpu', async () => {
+  // 24 channels fill the row kernels' 8 lanes exactly; 21 leave a tail. 35 rows are more than the gradient's 16 chunks.
+  it.each([[3, 24], [5, 21]])('LayerNorm (a one-group GroupNorm on the native path) of [%i, 7, %i]: value and gradients w.r.t. x, scale and shift match cpu', async (rows, c) => {
     await expectSameOnWasmAndCpu(() => {
       const p = new Params();
-      p.add('n.weight', tf.add(randomTensor([24], 116), 1));
-      p.add('n.bias', randomTensor([24], 117));
-      const x = tf.add(tf.mul(randomTensor([3, 7, 24], 118), 3), 0.5);
-      const dy = randomTensor([3, 7, 24], 119);
+      p.add('n.weight', tf.add(randomTensor([c], 116), 1));
+      p.add('n.bias', randomTensor([c], 117));
+      const x = tf.add(tf.mul(randomTensor([rows, 7, c], 118), 3), 0.5);
+      const dy = randomTensor([rows, 7, c], 119);
       const loss = (xi: tf.Tensor) => tf.sum(tf.mul(nn.layerNorm(p, 'n', xi), dy)) as tf.Scalar;
       const [w, b] = [p.get('n.weight'), p.get('n.bias')];
       const { grads } = tf.variableGrads(() => loss(x), [w, b]);
