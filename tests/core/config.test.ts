@@ -77,6 +77,15 @@ describe('loadExperiment', () => {
     expect(loaded.experiment.stages.b!.with).toEqual({ count: 10, size: 8 });
   });
 
+  it('a << merge key reuses a block with changes, and a problem in a merged key points where the block writes it', () => {
+    const d = dir({ 'e.yaml': 'name: e\nstages:\n  a: { plugin: shapes-data, with: &w { count: 10, size: 16 } }\n  b: { plugin: shapes-data, with: { <<: *w, size: 8 } }\n' });
+    const loaded = loadExperiment(join(d, 'e.yaml'), { registry: registry(), overrides: ['stages.b.with.count=12'] });
+    expect(loaded.experiment.stages.a!.with).toEqual({ count: 10, size: 16 });
+    expect(loaded.experiment.stages.b!.with).toEqual({ count: 12, size: 8 });
+    const bad = dir({ 'e.yaml': 'name: e\nstages:\n  a:\n    plugin: shapes-data\n    with: &w\n      count: 10\n  b:\n    plugin: vqgan-finetune\n    with:\n      <<: *w\n      steps: 3\n' });
+    expect(problemOf(() => loadExperiment(join(bad, 'e.yaml'), { registry: registry() }))).toMatch(/e\.yaml:6:7: stages\.b\.with\.count: unknown key 'count'/);
+  });
+
   it('resolves ${env:…} with types and defaults', () => {
     const d = dir({ 'e.yaml': 'name: e\nstages:\n  data: { plugin: shapes-data, with: { count: "${env:N}", size: "${env:MISSING:-24}" } }\n' });
     const loaded = loadExperiment(join(d, 'e.yaml'), { registry: registry(), env: { N: '7' } });

@@ -1,11 +1,13 @@
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Document, type Node } from 'yaml';
+import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Document, type Node, type Pair, type YAMLMap } from 'yaml';
 import { ConfigError, type SourceLocation } from '../errors.js';
 
 /** Config files are small; anything bigger is a mistake (a dataset, a log), refused before it fills memory. */
 export const MAX_CONFIG_BYTES = 5 * 1024 * 1024;
 /** Aliases a document may expand (an alias bomb expands a few lines into gigabytes). */
 const MAX_ALIASES = 100;
+/** Merge keys a lookup follows into merged mappings, themselves merging (a bound: merges may not loop, but a bug must not hang). */
+const MAX_MERGE_DEPTH = 20;
 
 export interface ReadOptions {
   /**
@@ -59,13 +61,14 @@ export class YamlSource {
 
   /**
    * Parses safely: the core schema only (no tags that build objects or run code), duplicate keys are errors,
-   * and an unknown tag is an error rather than a warning.
+   * and an unknown tag is an error rather than a warning. `<<` merge keys (YAML 1.1's, as in GitHub Actions and
+   * docker-compose files) are on: `model: { <<: *model, decoder_layers: 3 }` reuses a block with one change.
    */
   static read(file: string, text?: string, options: ReadOptions = {}): YamlSource {
     const quote = options.quote ?? true;
     const src = text ?? readConfigFile(file);
     const lines = new LineCounter();
-    const doc = parseDocument(src, { lineCounter: lines, schema: 'core', uniqueKeys: true, prettyErrors: true, strict: true });
+    const doc = parseDocument(src, { lineCounter: lines, schema: 'core', merge: true, uniqueKeys: true, prettyErrors: true, strict: true });
     const problems = [...doc.errors, ...doc.warnings].map((e) => ({
       path: [] as string[],
       message: quote ? `invalid YAML: ${e.message.split('\n')[0]}` : `invalid YAML (${e.code}); is it a YAML file?`,
@@ -102,26 +105,57 @@ export class YamlSource {
     }
   }
 
+  /** Whether the key `path` is written in this file, directly or through a `<<` merge key. */
   has(path: (string | number)[]): boolean {
-    return path.length === 0 || this.doc.hasIn(path);
+    return this.walk(path).found;
   }
 
-  /** Line of the key `path` (the key itself, so "unknown key" points at it), or of its nearest existing ancestor. */
+  /**
+   * Line of the key `path` (the key itself, so "unknown key" points at it), or of its nearest existing ancestor.
+   * A key that a mapping takes from a `<<` merge is located where the merged mapping writes it.
+   */
   locate(path: (string | number)[]): SourceLocation {
+    const pos = this.lines.linePos(this.walk(path).offset);
+    return { file: this.file, line: pos.line, column: pos.col };
+  }
+
+  /** How far `path` goes in the document: whether all of it, and the offset of the last key found. */
+  private walk(path: (string | number)[]): { found: boolean; offset: number } {
     let node: unknown = this.doc.contents;
     let offset = (node as Node | null)?.range?.[0] ?? 0;
     for (const key of path) {
       if (isMap(node)) {
-        const pair = node.items.find((p) => (isScalar(p.key) ? p.key.value : p.key) === key);
-        if (!pair) break;
+        const pair = this.pairOf(node, key, 0);
+        if (!pair) return { found: false, offset };
         offset = (pair.key as Node | null)?.range?.[0] ?? offset;
         node = pair.value;
       } else if (isSeq(node) && typeof key === 'number' && node.items[key]) {
         node = node.items[key];
         offset = (node as Node).range?.[0] ?? offset;
-      } else break;
+      } else return { found: false, offset };
+      if (isAlias(node)) node = node.resolve(this.doc);
     }
-    const pos = this.lines.linePos(offset);
-    return { file: this.file, line: pos.line, column: pos.col };
+    return { found: true, offset };
+  }
+
+  /** The pair of `key` in `map`: its own, else from its merge keys' mappings, first merged first (YAML's merge order). */
+  private pairOf(map: YAMLMap, key: string | number, depth: number): Pair | undefined {
+    const keyOf = (p: Pair): unknown => (isScalar(p.key) ? p.key.value : p.key);
+    const own = map.items.find((p) => keyOf(p) === key);
+    if (own || depth >= MAX_MERGE_DEPTH) return own;
+    // with `merge: true`, yaml parses the key `<<` as a symbol (its MERGE_KEY), so a quoted '<<' stays an ordinary key
+    const isMerge = (p: Pair): boolean => {
+      const k = keyOf(p);
+      return typeof k === 'symbol' && k.description === '<<';
+    };
+    for (const merge of map.items.filter(isMerge)) {
+      const sources = isSeq(merge.value) ? merge.value.items : [merge.value];
+      for (const source of sources) {
+        const merged = isAlias(source) ? source.resolve(this.doc) : source;
+        const pair = isMap(merged) ? this.pairOf(merged, key, depth + 1) : undefined;
+        if (pair) return pair;
+      }
+    }
+    return undefined;
   }
 }
