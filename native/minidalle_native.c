@@ -1067,7 +1067,7 @@ static int norm_buffers(NormJob* j) {
 
 /* One group over one pixel is a layer norm of a row of c channels: the row stays in registers and cache, so it
  * goes in float, two passes (mean, then the mean square about it), without the per-channel double sums and
- * coefficient arrays a group over many pixels needs (those cost 3× the arithmetic on rows of 128). */
+ * coefficient arrays a group over many pixels needs (on rows of 128, forward and gradient took 1.8× as long). */
 VECTORISED static void layer_norm_row(const float* x, const float* w, const float* bias, float* y, int64_t c, float eps, float* mean, float* rstd) {
   float m = row_sum(x, c) / (float)c;
   float acc[8] = {0};

@@ -1,7 +1,7 @@
 /**
  * GatherV2 for the wasm backend. The stock kernel copies element by element through a generic strided
- * loop: an embedding lookup of 2,048 ids from a [257, 128] table took 11 ms, a tenth of the work of the
- * step's whole attention. Every gather is rows of `sliceSize` contiguous elements, so here each index
+ * loop: an embedding lookup of 2,048 ids from a [257, 128] table took 11 ms, about 4% of a whole DalleBart
+ * training step of the quickstart's size (0.36 ms here). Every gather is rows of `sliceSize` contiguous elements, so here each index
  * costs one typed-array copy of its row (a short loop when rows are a few elements, as in a logit pick).
  */
 import * as tf from '@tensorflow/tfjs-core';
